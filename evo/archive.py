@@ -1,0 +1,125 @@
+"""The storage seam: an Optuna study holds every run evo makes, failures included.
+
+One trial per run (a candidate's screening run, a baseline replicate, a confirmation run on a
+further seed), added when the run ends. value = the metric; state COMPLETE / PRUNED / FAIL; intermediate values = the
+progress points (step = round(fraction * 1000)); user attrs carry the genealogy and the outcome,
+so `optuna trials`, `optuna best-trial` and optuna-dashboard read it unchanged. Only the one
+controller thread writes here: SQLite shared by writers hands the same trial to two of them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from evo.errors import EvoError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+# Trial user attrs written by evo (the inspection commands and docs/archive.md rely on them).
+TRIAL_ATTRS = (
+    "index", "role", "commit", "tree", "branch", "parents", "parent_indices", "operator", "description",
+    "generation", "seed", "outcome", "reason", "run_seconds", "log", "metrics", "reused_from", "sprt",
+    "usage", "artifacts", "worker",
+)
+STATE_OF_OUTCOME = {
+    "complete": TrialState.COMPLETE,
+    "duplicate": TrialState.COMPLETE,
+    "pruned": TrialState.PRUNED,
+}
+
+
+def mask_url(url: str) -> str:
+    """The storage URL without its password, for messages and stored attrs."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if url.startswith(("sqlite", "postgresql", "mysql", "oracle", "mssql")):
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+        return optuna.storages.get_storage(url)
+    except Exception as e:  # noqa: BLE001 - sqlalchemy/driver errors of many kinds
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EvoError(f"storage {mask_url(url)}: cannot open: {mask_url(first)}") from None
+
+
+class Archive:
+    def __init__(self, storage_url: str, study_name: str, direction: str | None = None) -> None:
+        """Open the study; create it when `direction` is given and it does not exist yet."""
+        self.url = storage_url
+        self.storage = open_storage(storage_url)
+        try:
+            if direction is None:
+                self.study = optuna.load_study(study_name=study_name, storage=self.storage)
+            else:
+                self.study = optuna.create_study(
+                    study_name=study_name, storage=self.storage, direction=direction, load_if_exists=True
+                )
+        except KeyError:
+            raise EvoError(f"study '{study_name}' not found in {mask_url(storage_url)} (see 'evo studies')") from None
+        if direction is not None and self.study.direction.name.lower() != direction:
+            raise EvoError(
+                f"study '{study_name}' exists with direction {self.study.direction.name.lower()}, config says {direction}"
+            )
+        self.name = study_name
+
+    # -- study-level facts ------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.study.user_attrs
+
+    def set_attr(self, key: str, value: Any) -> None:
+        self.study.set_user_attr(key, value)
+
+    # -- trials ------------------------------------------------------------------------------
+    def trials(self, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=states)
+
+    def add(self, outcome: str, value: float | None, attrs: dict[str, Any], progress: list[tuple[float, float]] | None = None, seconds: float = 0.0) -> int:
+        """One finished trial, written in a single transaction; returns its number.
+
+        Runs are recorded when they end, not when they start: a run cut short by a crash leaves
+        no trial behind, only its committed candidate, which the next start runs again. That is
+        also four times cheaper on SQLite than ask/report/tell (one commit instead of dozens).
+        """
+        intermediate: dict[int, float] = {}
+        for fraction, val in progress or []:
+            if math.isfinite(val):
+                intermediate[int(round(fraction * 1000))] = float(val)  # Optuna rejects NaN; one value per step
+        state = STATE_OF_OUTCOME.get(outcome, TrialState.FAIL)
+        if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
+            state = TrialState.FAIL
+        trial = optuna.trial.create_trial(
+            state=state, value=value if state == TrialState.COMPLETE else None,
+            user_attrs={**attrs, "outcome": outcome}, intermediate_values=intermediate,
+        )
+        if seconds > 0 and trial.datetime_complete is not None:
+            trial.datetime_start = trial.datetime_complete - datetime.timedelta(seconds=seconds)
+        trial_id = self.storage.create_new_trial(self.study._study_id, template_trial=trial)
+        return self.storage.get_trial_number_from_id(trial_id)
+
+    def recover(self) -> list[FrozenTrial]:
+        """Mark trials left RUNNING by a crash as FAIL (outcome 'interrupted'); return them."""
+        stale = self.trials(states=(TrialState.RUNNING,))
+        for t in stale:
+            self.storage.set_trial_user_attr(t._trial_id, "outcome", "interrupted")
+            self.storage.set_trial_user_attr(t._trial_id, "reason", "evo stopped before the run finished; re-run on resume")
+            self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        return stale
+
+
+def list_studies(storage_url: str) -> list[optuna.study.StudySummary]:
+    return optuna.get_all_study_summaries(storage=open_storage(storage_url), include_best_trial=True)

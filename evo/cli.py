@@ -1,0 +1,165 @@
+"""`evo` command line. The only module that picks concrete classes (operators, executors)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from evo import config as config_mod
+from evo.config import Config
+from evo.errors import EvoError
+
+DEFAULT_CONFIG = Path("configs/default.toml")
+
+
+def build_mutation(cfg: Config) -> Any:
+    kind = cfg.operators.mutation
+    if kind == "llm":
+        from operators.llm import LLMMutation, LLMSettings
+
+        return LLMMutation(llm_settings(cfg, LLMSettings))
+    if kind == "agent":
+        from operators.agent import AgentMutation, AgentSettings
+        from evo.study import python_command
+
+        a = cfg.agent
+        return AgentMutation(AgentSettings(command=python_command(a.command), timeout=a.timeout, env_allow=a.env_allow))
+    from operators.constants import ConstantsMutation
+
+    return ConstantsMutation(max_changes=cfg.operators.max_changes, step=cfg.operators.step)
+
+
+def build_resolver(cfg: Config) -> Any:
+    if cfg.operators.conflict == "llm":
+        from operators.llm import LLMResolver, LLMSettings
+
+        return LLMResolver(llm_settings(cfg, LLMSettings))
+    from operators.crossover import FitterResolver, RandomResolver
+
+    return RandomResolver() if cfg.operators.conflict == "random" else FitterResolver()
+
+
+def llm_settings(cfg: Config, cls: Any) -> Any:
+    l = cfg.llm  # noqa: E741
+    return cls(base_url=l.base_url, model=l.model, api_key_env=l.api_key_env, temperature=l.temperature,
+               max_tokens=l.max_tokens, timeout=l.timeout, deadline=l.deadline, retries=l.retries,
+               fix_attempts=l.fix_attempts, token_budget=l.token_budget or None)
+
+
+def build_executor(cfg: Config) -> Any:
+    def make(study: Any) -> Any:
+        if cfg.executor.kind == "ray":
+            from evo.executors.ray import RayExecutor
+
+            return RayExecutor(study.repo, study.template, cfg.search.workers, cfg.executor)
+        from evo.executors.local import LocalExecutor
+
+        return LocalExecutor(study.repo, study.template, cfg.search.workers)
+
+    return make
+
+
+def _abs_storage(url: str | None) -> str | None:
+    """A relative sqlite path on the command line is relative to the current directory."""
+    if url and url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+        return f"sqlite:///{Path(url[len('sqlite:///'):]).resolve()}"
+    return url
+
+
+def default_storage(arg: str | None) -> str:
+    return _abs_storage(arg) or os.environ.get("EVO_STORAGE") or f"sqlite:///{(Path(os.environ.get('EVO_RESULTS', 'results')) / 'evo.db').resolve()}"
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    path = args.config
+    if path is None:
+        if not DEFAULT_CONFIG.is_file():
+            raise EvoError(f"no --config given and {DEFAULT_CONFIG} not found in {Path.cwd()}")
+        path = DEFAULT_CONFIG
+    overrides = {
+        "study": {"name": args.study, "storage": _abs_storage(args.storage), "seed": args.seed},
+        "search": {"strategy": args.strategy, "population": args.population, "generations": args.generations, "workers": args.workers},
+        "sprt": {"enabled": False if args.no_sprt else None},
+        "operators": {"mutation": args.mutation},
+        "executor": {"kind": args.executor, "ray_address": args.ray_address},
+    }
+    cfg = config_mod.load(path, overrides)
+    from evo.search import search
+
+    search(cfg, build_mutation(cfg), build_resolver(cfg), build_executor(cfg))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from evo.promote import promote_by_hand
+
+    print(promote_by_hand(default_storage(args.storage), args.study, args.trial, args.to))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from evo.bench.run import main as bench_main
+
+    return bench_main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evo", description="Evolutionary search over git branches, with an Optuna archive.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("search", help="run (or resume) a search", description="Run or resume a study: flags override the config's keys.")
+    s.add_argument("--config", "-c", type=Path, help=f"TOML config (default: {DEFAULT_CONFIG})")
+    s.add_argument("--study", help="[study] name")
+    s.add_argument("--storage", help="[study] storage: an Optuna storage URL")
+    s.add_argument("--strategy", choices=("population", "greedy", "random"))
+    s.add_argument("--population", type=int)
+    s.add_argument("--generations", type=int)
+    s.add_argument("--workers", type=int)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--mutation", choices=("constants", "llm", "agent"))
+    s.add_argument("--no-sprt", action="store_true", help="turn off both sequential tests (single-run promotion)")
+    s.add_argument("--executor", choices=("local", "ray"))
+    s.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray instance)")
+    s.set_defaults(func=cmd_search)
+
+    pr = sub.add_parser("promote", help="promote a trial's commit to the mainline or a branch by hand")
+    pr.add_argument("study")
+    pr.add_argument("--trial", type=int, help="trial number (default: the best accepted candidate)")
+    pr.add_argument("--to", help="branch to advance (default: the study's mainline)")
+    pr.add_argument("--storage")
+    pr.set_defaults(func=cmd_promote)
+
+    b = sub.add_parser("bench", help="benchmarks: engine overhead, utilisation, search quality, SPRT")
+    b.add_argument("--quick", action="store_true", help="the CI-sized run (under 2 minutes)")
+    b.add_argument("--out", type=Path, default=Path("results/bench"), help="folder for JSON and PNG")
+    b.add_argument("--only", action="append", help="run only these parts (overhead, utilisation, quality, sprt, model)")
+    b.set_defaults(func=cmd_bench)
+
+    try:
+        from evo.inspect.cli import add_commands
+    except ImportError:  # pragma: no cover - inspection is part of the package
+        pass
+    else:
+        add_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EvoError as e:
+        print(f"evo: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("evo: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `evo trials X | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

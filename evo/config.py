@@ -1,0 +1,306 @@
+"""TOML config -> frozen dataclasses.
+
+Every error is one line naming the file, the key and the value, raised as ConfigError (the CLI
+prints it and exits 2 before anything is created). Relative paths in a file are resolved against
+the file's folder, so a config means the same thing whatever the current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from evo.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str = ""  # default: the config file's stem
+    storage: str = ""  # any Optuna storage URL; default sqlite:///<results>/evo.db
+    seed: int = 0
+    results: str = ""  # folder for storage, logs, artifacts; default ./results
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    repo: str = "."  # the git repository to evolve
+    mutable: tuple[str, ...] = ()  # globs: the only files a candidate may change
+    run: str = ""  # shell command run in the candidate's checkout; {python} = evo's interpreter
+    setup: str = ""  # run once before the search in a checkout of the baseline
+    time_budget: float = 300.0  # seconds, exported as EVO_TIME_BUDGET
+    timeout: float = 600.0  # hard kill after this many seconds
+    metric: str = "score"
+    direction: str = "minimize"
+    metric_regex: str = ""  # default ^\s*<metric>:\s*<number>
+    progress_regex: str = ""  # named groups progress (0..1) and value
+    env_allow: tuple[str, ...] = ()  # extra environment variables a run may see
+    max_log_bytes: int = 20_000_000  # the log keeps this much; the rest is counted, not stored
+    memory_limit_mb: int = 0  # RLIMIT_AS per run; 0 = none
+    no_network: bool = False  # run in a new network namespace when unshare allows it
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    strategy: str = "population"  # population | greedy | random
+    population: int = 8
+    generations: int = 40
+    workers: int = 1
+    crossover_rate: float = 0.3
+    mutation_rate: float = 0.2  # a crossover child is also mutated with this probability
+    tournament_size: int = 3
+    elites: int = 2  # HallOfFame size kept in every generation
+    secondary_metric: str = ""  # e.g. peak_rss_mb: selection turns to NSGA-II
+    secondary_direction: str = "minimize"
+    steady_state: bool = True  # refill a worker as soon as it frees (no generation barrier)
+
+
+@dataclass(frozen=True)
+class OperatorsConfig:
+    mutation: str = "constants"  # constants | llm | agent
+    conflict: str = "fitter"  # fitter | random | llm
+    max_changes: int = 2  # constants operator: at most this many literals per child
+    step: float = 0.5  # constants operator: std of the log-scale step for positive floats
+    program: str = ""  # research directions for LLM/agent prompts (e.g. model/program.md)
+
+
+@dataclass(frozen=True)
+class SprtConfig:
+    enabled: bool = True
+    replicates: int = 3  # baseline runs on distinct seeds that measure the noise
+    alpha: float = 0.05  # chance of promoting a no-gain candidate
+    beta: float = 0.2  # chance of missing a gain of delta
+    delta: float = 0.0  # wanted gain in metric units; 0 = one seed sigma of the baseline
+    max_pairs: int = 6  # paired seeds before a promotion test is called inconclusive
+    gate: float = 0.5  # only test candidates whose first paired run shows gate*delta
+    futility: bool = True  # stop clearly-worse runs early
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 0.7
+    max_tokens: int = 4096
+    timeout: float = 120.0
+    deadline: float = 600.0
+    retries: int = 3
+    fix_attempts: int = 2
+    token_budget: int = 0  # 0 = unlimited; else stop proposing once spent
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    command: str = ""  # e.g. 'my-agent --prompt-file {prompt}'
+    timeout: float = 900.0
+    env_allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    kind: str = "local"  # local | ray
+    ray_address: str = ""  # empty: start a local Ray instance
+    gpus_per_trial: float = 0.0  # ray: GPUs requested per evaluation
+    cpus_per_trial: float = 1.0
+    retries: int = 1  # ray: a run lost with its node is retried this many times
+
+
+@dataclass(frozen=True)
+class Config:
+    study: StudyConfig = field(default_factory=StudyConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    operators: OperatorsConfig = field(default_factory=OperatorsConfig)
+    sprt: SprtConfig = field(default_factory=SprtConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    source: str = "<flags>"  # the file it came from, for error messages
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.study.results)
+
+
+_SECTIONS: dict[str, type] = {k: v for k, v in typing.get_type_hints(Config).items() if k != "source"}
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("target", "direction"): ("minimize", "maximize"),
+    ("search", "strategy"): ("population", "greedy", "random"),
+    ("search", "secondary_direction"): ("minimize", "maximize"),
+    ("operators", "mutation"): ("constants", "llm", "agent"),
+    ("operators", "conflict"): ("fitter", "random", "llm"),
+    ("executor", "kind"): ("local", "ray"),
+}
+
+
+def load(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Read a TOML file (or nothing), apply flag overrides, resolve paths, validate."""
+    raw: dict[str, Any] = {}
+    source = "<flags>"
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        base = p.resolve().parent
+    sections: dict[str, Any] = {}
+    for sec, value in raw.items():
+        if sec not in _SECTIONS:
+            raise ConfigError(f"{source}: [{sec}]: unknown section{_hint(sec, _SECTIONS)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {sec} = {value!r}: expected a [{sec}] table")
+        sections[sec] = _build(source, sec, _SECTIONS[sec], value)
+    for sec, kv in (overrides or {}).items():
+        kv = {k: v for k, v in kv.items() if v is not None}
+        if kv:
+            current = sections.get(sec, _SECTIONS[sec]())
+            checked = _build("<flags>", sec, _SECTIONS[sec], kv)
+            sections[sec] = replace(current, **{k: getattr(checked, k) for k in kv})
+    cfg = Config(**sections, source=source)
+    return _finish(cfg, base, stem=Path(path).stem if path is not None else "study")
+
+
+def _hint(name: str, choices: Any) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _build(source: str, sec: str, cls: type, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{source}: [{sec}] {key}: unknown key{_hint(key, hints)}")
+        kwargs[key] = _coerce(source, sec, key, value, hints[key])
+        allowed = _CHOICES.get((sec, key))
+        if allowed and kwargs[key] not in allowed:
+            raise ConfigError(
+                f"{source}: [{sec}] {key} = {value!r}: must be one of {', '.join(allowed)}"
+            )
+    return cls(**kwargs)
+
+
+def _coerce(source: str, sec: str, key: str, value: Any, typ: Any) -> Any:
+    where = f"{source}: [{sec}] {key} = {value!r}"
+    if typing.get_origin(typ) is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings")
+        return tuple(value)
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string")
+        return value
+    if isinstance(typ, types.UnionType):  # pragma: no cover - no such fields yet
+        return value
+    raise ConfigError(f"{where}: unsupported type")  # pragma: no cover
+
+
+def _finish(cfg: Config, base: Path, stem: str) -> Config:
+    src = cfg.source
+    st, tg, se, sp = cfg.study, cfg.target, cfg.search, cfg.sprt
+    name = st.name or re.sub(r"[^A-Za-z0-9._-]+", "-", stem)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) or ".." in name or name.endswith((".", ".lock")):
+        raise ConfigError(f"{src}: [study] name = {name!r}: use letters, digits, '.', '_' and '-' (it names git refs)")
+    results = Path(st.results) if st.results else Path(os.environ.get("EVO_RESULTS", Path.cwd() / "results"))
+    if st.results and not results.is_absolute():
+        results = base / results
+    storage = st.storage or os.environ.get("EVO_STORAGE", "") or f"sqlite:///{results.resolve() / 'evo.db'}"
+    if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////") and st.storage:
+        rel = storage[len("sqlite:///"):]
+        if rel and rel != ":memory:":
+            storage = f"sqlite:///{(base / rel).resolve()}"
+    repo = (base / tg.repo).resolve() if tg.repo else base
+    program = cfg.operators.program
+    if program:
+        program = str((repo / program) if not Path(program).is_absolute() else Path(program))
+    for key, val in (("time_budget", tg.time_budget), ("timeout", tg.timeout)):
+        if not val > 0:
+            raise ConfigError(f"{src}: [target] {key} = {val}: must be > 0 seconds")
+    if tg.timeout < tg.time_budget:
+        raise ConfigError(f"{src}: [target] timeout = {tg.timeout}: must be >= time_budget ({tg.time_budget})")
+    if not tg.run.strip():
+        raise ConfigError(f"{src}: [target] run: missing; the shell command that runs one experiment")
+    if not tg.mutable:
+        raise ConfigError(f"{src}: [target] mutable: missing; list the files a candidate may change")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", tg.metric):
+        raise ConfigError(f"{src}: [target] metric = {tg.metric!r}: use a plain name such as val_bpb")
+    for key in ("metric_regex", "progress_regex"):
+        pattern = getattr(tg, key)
+        if pattern:
+            try:
+                rx = re.compile(pattern, re.MULTILINE)
+            except re.error as e:
+                raise ConfigError(f"{src}: [target] {key} = {pattern!r}: invalid regex: {e}") from None
+            if key == "progress_regex" and not {"progress", "value"} <= set(rx.groupindex):
+                raise ConfigError(f"{src}: [target] progress_regex = {pattern!r}: needs named groups (?P<progress>...) and (?P<value>...)")
+            if key == "metric_regex" and rx.groups < 1:
+                raise ConfigError(f"{src}: [target] metric_regex = {pattern!r}: needs a group that captures the number")
+    for key, val, lo in (
+        ("population", se.population, 1), ("generations", se.generations, 0), ("workers", se.workers, 1),
+        ("tournament_size", se.tournament_size, 1), ("elites", se.elites, 0),
+    ):
+        if val < lo:
+            raise ConfigError(f"{src}: [search] {key} = {val}: must be >= {lo}")
+    for key, val in (("crossover_rate", se.crossover_rate), ("mutation_rate", se.mutation_rate), ("gate", sp.gate)):
+        if not 0.0 <= val <= 1.0:
+            sec = "sprt" if key == "gate" else "search"
+            raise ConfigError(f"{src}: [{sec}] {key} = {val}: must be between 0 and 1")
+    for key, val in (("alpha", sp.alpha), ("beta", sp.beta)):
+        if not 0.0 < val < 0.5:
+            raise ConfigError(f"{src}: [sprt] {key} = {val}: must be between 0 and 0.5")
+    if sp.enabled and sp.replicates < 2:
+        raise ConfigError(f"{src}: [sprt] replicates = {sp.replicates}: the noise model needs at least 2")
+    if sp.delta < 0:
+        raise ConfigError(f"{src}: [sprt] delta = {sp.delta}: must be >= 0 (0 = one seed sigma)")
+    if sp.max_pairs < 2:
+        raise ConfigError(f"{src}: [sprt] max_pairs = {sp.max_pairs}: must be >= 2")
+    if cfg.operators.mutation == "llm" and not cfg.llm.model:
+        raise ConfigError(f"{src}: [llm] model: missing; required when [operators] mutation = 'llm'")
+    if cfg.operators.mutation == "agent" and not cfg.agent.command:
+        raise ConfigError(f"{src}: [agent] command: missing; required when [operators] mutation = 'agent'")
+    return replace(
+        cfg,
+        study=replace(st, name=name, storage=storage, results=str(results.resolve())),
+        target=replace(tg, repo=str(repo)),
+        operators=replace(cfg.operators, program=program),
+    )
+
+
+def with_overrides(cfg: Config, **sections: dict[str, Any]) -> Config:
+    """Return cfg with some keys replaced (used by tests and the benchmark)."""
+    out = cfg
+    for sec, kv in sections.items():
+        out = replace(out, **{sec: replace(getattr(out, sec), **kv)})
+    return out

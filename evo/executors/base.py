@@ -1,0 +1,61 @@
+"""What an executor is given and gives back.
+
+The controller owns the archive; executors only run. A Job names a commit and a seed; the
+executor materialises the commit's files in a fresh folder outside the repository, runs the
+command there with a scrubbed environment, deletes the folder, and hands back a Done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from evo.runner import RunResult
+
+
+@dataclass(frozen=True)
+class RunTemplate:
+    """The parts of a run that are the same for every job of a study."""
+
+    command: str
+    timeout: float
+    time_budget: float
+    metric: str
+    metric_regex: str = ""
+    progress_regex: str = ""
+    env_allow: tuple[str, ...] = ()
+    max_log_bytes: int = 20_000_000
+    memory_limit_mb: int = 0
+    no_network: bool = False
+    cache_dir: str = ""  # exported as EVO_CACHE (prepared data lives here, outside checkouts)
+
+
+@dataclass
+class Job:
+    index: int  # the individual
+    commit: str
+    seed: int
+    role: str  # baseline | replicate | candidate | confirm
+    log_path: Path
+    monitor: Any = None  # callable(fraction, value) -> stop?; keeps a .trace
+
+
+@dataclass
+class Done:
+    job: Job
+    result: RunResult
+    worker: int
+    monitor_trace: list[tuple[float, float]] = field(default_factory=list)
+
+
+class Executor(Protocol):
+    workers: int
+
+    def submit(self, job: Job) -> None: ...
+    def free(self) -> int: ...
+    def busy(self) -> int: ...
+    def wait(self, timeout: float) -> list[Done]: ...
+    def cancel_all(self) -> None: ...
+    def shutdown(self) -> None: ...
+    def utilisation(self) -> float: ...

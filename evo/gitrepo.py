@@ -1,0 +1,231 @@
+"""The git seam: individuals are commits, made and merged without a checkout.
+
+Nothing here touches the user's working tree, index or HEAD: commits are built in a temporary
+index file, merges use `git merge-tree --write-tree`, runs get a `git archive` export. GitPython
+opens and validates the repository; plumbing goes through the git binary, which is faster and
+gives exact control over the environment and exit codes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import git as gitpython
+
+from evo.errors import GitError
+
+# Commits made by evo carry a fixed identity so they work on machines with no git config.
+_IDENTITY = {
+    "GIT_AUTHOR_NAME": "evo",
+    "GIT_AUTHOR_EMAIL": "evo@localhost",
+    "GIT_COMMITTER_NAME": "evo",
+    "GIT_COMMITTER_EMAIL": "evo@localhost",
+}
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    tree: str  # the merged tree; conflicted files hold conflict markers
+    conflicts: tuple[str, ...]  # paths git could not merge by itself
+
+
+class GitRepo:
+    def __init__(self, path: str | Path) -> None:
+        p = Path(path)
+        if not p.exists():
+            raise GitError(f"{p}: repository not found")
+        try:
+            repo = gitpython.Repo(p, search_parent_directories=False)
+        except gitpython.InvalidGitRepositoryError:
+            raise GitError(f"{p}: not a git repository (run 'git init' and commit the files first)") from None
+        except gitpython.NoSuchPathError:
+            raise GitError(f"{p}: repository not found") from None
+        if repo.bare:
+            raise GitError(f"{p}: is a bare repository; evo needs a repository with a working tree")
+        if Path(repo.working_tree_dir).resolve() != p.resolve():  # type: ignore[arg-type]
+            raise GitError(f"{p}: is inside a git repository but not its top folder ({repo.working_tree_dir})")
+        self.path = p.resolve()
+        self._repo = repo
+        if self.rev("HEAD", missing_ok=True) is None:
+            raise GitError(f"{p}: the repository has no commits yet")
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def git(self, *args: str, input: bytes | None = None, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        full_env = {**os.environ, **_IDENTITY, "GIT_TERMINAL_PROMPT": "0", **(env or {})}
+        proc = subprocess.run(
+            ["git", "-C", str(self.path), *args], input=input, capture_output=True, env=full_env
+        )
+        if check and proc.returncode != 0:
+            msg = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise GitError(f"git {' '.join(args[:3])}: {msg[-1] if msg else f'exit {proc.returncode}'}")
+        return proc
+
+    def out(self, *args: str, input: bytes | None = None, env: dict[str, str] | None = None) -> str:
+        return self.git(*args, input=input, env=env).stdout.decode().strip()
+
+    def rev(self, rev: str, missing_ok: bool = False) -> str | None:
+        proc = self.git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
+        if proc.returncode != 0:
+            if missing_ok:
+                return None
+            raise GitError(f"{self.path}: no commit named {rev!r}")
+        return proc.stdout.decode().strip()
+
+    def tree_of(self, commit: str) -> str:
+        return self.out("rev-parse", f"{commit}^{{tree}}")
+
+    @property
+    def git_dir(self) -> Path:
+        """The repository's common git folder (evo keeps its study locks under it)."""
+        return Path(self.out("rev-parse", "--path-format=absolute", "--git-common-dir"))
+
+    def head(self) -> str:
+        return self.rev("HEAD")  # type: ignore[return-value]
+
+    # -- reading ------------------------------------------------------------------------------
+    def ls_files(self, commit: str) -> list[str]:
+        raw = self.git("ls-tree", "-r", "-z", "--name-only", commit).stdout
+        return [p for p in raw.decode("utf-8", errors="surrogateescape").split("\0") if p]
+
+    def match(self, commit: str, globs: tuple[str, ...] | list[str]) -> list[str]:
+        return [p for p in self.ls_files(commit) if matches(p, globs)]
+
+    def read(self, commit: str, path: str) -> bytes:
+        return self.git("cat-file", "blob", f"{commit}:{path}").stdout
+
+    def read_text(self, commit: str, paths: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for p in paths:
+            try:
+                out[p] = self.read(commit, p).decode("utf-8")
+            except UnicodeDecodeError:
+                raise GitError(f"{p}: mutable files must be UTF-8 text") from None
+        return out
+
+    def changed_paths(self, a: str, b: str) -> list[str]:
+        raw = self.git("diff-tree", "-r", "-z", "--name-only", "--no-renames", a, b).stdout
+        return [p for p in raw.decode("utf-8", errors="surrogateescape").split("\0") if p]
+
+    def diff(self, a: str, b: str, paths: list[str] | None = None) -> str:
+        return self.git("diff", a, b, "--", *(paths or [])).stdout.decode(errors="replace")
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        proc = self.git("merge-base", a, b, check=False)
+        return proc.stdout.decode().strip() or None
+
+    def is_ancestor(self, a: str, b: str) -> bool:
+        return self.git("merge-base", "--is-ancestor", a, b, check=False).returncode == 0
+
+    # -- writing objects (never the index, worktree or HEAD) ---------------------------------
+    def write_tree(self, base: str, files: dict[str, str | bytes]) -> str:
+        """A tree: base's tree (base a commit or a tree) with `files` written over it."""
+        with tempfile.TemporaryDirectory(prefix="evo-index-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self.git("read-tree", base, env=env)
+            if files:
+                modes = self._modes(base, list(files))
+                lines = []
+                for path, content in files.items():
+                    data = content.encode() if isinstance(content, str) else content
+                    blob = self.out("hash-object", "-w", "--stdin", input=data)
+                    lines.append(f"{modes.get(path, '100644')} {blob}\t{path}")
+                self.git("update-index", "--add", "--index-info", input=("\n".join(lines) + "\n").encode(), env=env)
+            return self.out("write-tree", env=env)
+
+    def commit_files(self, base: str, files: dict[str, str | bytes], message: str, parents: list[str] | None = None) -> str:
+        """A new commit: base's tree with `files` replaced; parents default to [base]."""
+        return self.commit_tree(self.write_tree(base, files), parents if parents is not None else [base], message)
+
+    def _modes(self, commit: str, paths: list[str]) -> dict[str, str]:
+        raw = self.git("ls-tree", "-z", commit, "--", *paths).stdout.decode(errors="surrogateescape")
+        modes = {}
+        for entry in raw.split("\0"):
+            if entry:
+                meta, path = entry.split("\t", 1)
+                modes[path] = meta.split()[0]
+        return modes
+
+    def commit_tree(self, tree: str, parents: list[str], message: str) -> str:
+        args = ["commit-tree", tree]
+        for p in parents:
+            args += ["-p", p]
+        return self.out(*args, input=message.encode())
+
+    def merge_tree(self, a: str, b: str) -> MergeResult:
+        """3-way merge of two commits at their merge base, without a worktree."""
+        proc = self.git("merge-tree", "--write-tree", "--name-only", "--no-messages", "-z", a, b, check=False)
+        if proc.returncode not in (0, 1):
+            raise GitError(f"git merge-tree {a[:8]} {b[:8]}: {proc.stderr.decode(errors='replace').strip()}")
+        parts = [x for x in proc.stdout.decode(errors="surrogateescape").split("\0") if x]
+        return MergeResult(tree=parts[0].strip(), conflicts=tuple(dict.fromkeys(parts[1:])))
+
+    # -- refs ---------------------------------------------------------------------------------
+    def ref(self, name: str) -> str | None:
+        proc = self.git("rev-parse", "--verify", "--quiet", name, check=False)
+        return proc.stdout.decode().strip() or None
+
+    def set_ref(self, name: str, new: str, old: str | None = None, reason: str = "evo") -> None:
+        """Atomic update; with `old`, only if the ref still points there (compare-and-swap)."""
+        args = ["update-ref", "-m", reason, name, new]
+        if old is not None:
+            args.append(old)
+        self.git(*args)
+
+    def delete_ref(self, name: str) -> None:
+        self.git("update-ref", "-d", name, check=False)
+
+    def refs(self, prefix: str) -> dict[str, str]:
+        raw = self.out("for-each-ref", "--format=%(refname) %(objectname)", prefix)
+        return dict(line.split(" ", 1) for line in raw.splitlines() if line)  # type: ignore[misc]
+
+    def checked_out_branches(self) -> set[str]:
+        raw = self.out("worktree", "list", "--porcelain")
+        return {line.split(" ", 1)[1] for line in raw.splitlines() if line.startswith("branch ")}
+
+    # -- run directories ------------------------------------------------------------------------
+    def export(self, commit: str, dest: Path) -> None:
+        """Write the commit's files into dest (a fresh folder outside the repository)."""
+        dest.mkdir(parents=True, exist_ok=True)
+        export_tree(self.archive(commit), dest)
+
+    def archive(self, commit: str) -> bytes:
+        return self.git("archive", "--format=tar", commit).stdout
+
+
+def export_tree(tar_bytes: bytes, dest: Path) -> None:
+    """Unpack a `git archive` tarball (also used on remote workers, which have no repository)."""
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tf:
+        tf.extractall(dest, filter="data")
+
+
+def matches(path: str, globs: tuple[str, ...] | list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(path, g) for g in globs)
+
+
+def check_ref_name(name: str) -> bool:
+    return subprocess.run(["git", "check-ref-format", name], capture_output=True).returncode == 0
+
+
+def merge_file(base: str, ours: str, theirs: str, favor: str | None = None) -> tuple[str, bool]:
+    """3-way merge of three texts; favor='ours'|'theirs' settles each conflict hunk that way."""
+    with tempfile.TemporaryDirectory(prefix="evo-merge-") as tmp:
+        paths = []
+        for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
+            f = Path(tmp) / name
+            f.write_text(text, encoding="utf-8")
+            paths.append(str(f))
+        args = ["merge-file", "-p", "-L", "a", "-L", "base", "-L", "b"]
+        if favor:
+            args.append(f"--{favor}")
+        proc = subprocess.run(["git", *args, *paths], capture_output=True)
+    if proc.returncode < 0 or proc.returncode > 127:
+        raise GitError(f"git merge-file: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout.decode("utf-8", errors="replace"), proc.returncode == 0

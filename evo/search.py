@@ -1,0 +1,65 @@
+"""The search loop: keep every worker busy, record every run, promote what the judge accepts.
+
+It reads top to bottom: open the study (rebuilding state from the archive and refs), run the
+setup once, then until the budget is spent: fill free workers with the most useful runs, wait
+for one to finish, record it. Ctrl-C or SIGTERM stops the runs, records them as interrupted
+and leaves a study that the same command resumes.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from evo.config import Config
+from evo.executors.base import Executor
+from evo.lock import study_lock
+from evo.report import Progress
+from evo.study import Study
+
+
+def search(cfg: Config, mutation: Any, resolver: Any, make_executor: Callable[[Study], Executor], out: Callable[[str], None] = print) -> dict[str, Any]:
+    study = Study(cfg, mutation, resolver, log=out)
+    with study_lock(study.repo.git_dir, study.name), _sigterm_as_interrupt():
+        study.load()
+        study.setup()
+        executor = make_executor(study)
+        progress = Progress(study, executor, out)
+        try:
+            while not study.finished():
+                while executor.free() and (job := study.next_job()) is not None:
+                    executor.submit(job)
+                if executor.busy() == 0:
+                    break  # nothing running and nothing startable: the budget is spent
+                for done in executor.wait(timeout=0.5):
+                    ind = study.record(done.job, done.result, done.worker, done.monitor_trace)
+                    progress.run_finished(done, ind)
+                progress.tick()
+        except KeyboardInterrupt:
+            out("interrupted: stopping runs; the same command resumes this study")
+            executor.cancel_all()
+            for done in executor.wait(timeout=0.1):
+                study.record(done.job, done.result, done.worker, done.monitor_trace)
+            raise
+        finally:
+            executor.shutdown()
+            study.archive.set_attr("utilisation", round(executor.utilisation(), 4))
+    summary = study.summary() | {"utilisation": executor.utilisation(), "wall_seconds": time.time() - study.started}
+    progress.close(summary)
+    return summary
+
+
+class _sigterm_as_interrupt:
+    """SIGTERM (a scheduler's stop) takes the same clean path as Ctrl-C."""
+
+    def __enter__(self) -> None:
+        self._old = signal.signal(signal.SIGTERM, self._raise)
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self._old)
+
+    @staticmethod
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
