@@ -15,38 +15,45 @@ from evo.errors import EvoError
 DEFAULT_CONFIG = Path("configs/default.toml")
 
 
-def build_mutation(cfg: Config) -> Any:
+def build_operators(cfg: Config) -> tuple[Any, Any]:
+    """The mutation and the conflict resolver; LLM ones share one client (and one token budget)."""
+    client = None
+    if "llm" in (cfg.operators.mutation, cfg.operators.conflict):
+        from operators.llm import LLMClient, LLMSettings
+
+        l = cfg.llm  # noqa: E741
+        try:
+            client = LLMClient(LLMSettings(
+                base_url=l.base_url, model=l.model, api_key_env=l.api_key_env, temperature=l.temperature,
+                max_tokens=l.max_tokens, timeout=l.timeout, deadline=l.deadline, retries=l.retries,
+                fix_attempts=l.fix_attempts, token_budget=l.token_budget or None,
+            ))
+        except ValueError as e:
+            raise EvoError(f"{cfg.source}: [llm] {e}") from None
     kind = cfg.operators.mutation
     if kind == "llm":
-        from operators.llm import LLMMutation, LLMSettings
+        from operators.llm import LLMMutation
 
-        return LLMMutation(llm_settings(cfg, LLMSettings))
-    if kind == "agent":
-        from operators.agent import AgentMutation, AgentSettings
+        mutation: Any = LLMMutation(client)
+    elif kind == "agent":
         from evo.study import python_command
+        from operators.agent import AgentMutation, AgentSettings
 
         a = cfg.agent
-        return AgentMutation(AgentSettings(command=python_command(a.command), timeout=a.timeout, env_allow=a.env_allow))
-    from operators.constants import ConstantsMutation
+        mutation = AgentMutation(AgentSettings(command=python_command(a.command), timeout=a.timeout, env_allow=a.env_allow))
+    else:
+        from operators.constants import ConstantsMutation
 
-    return ConstantsMutation(max_changes=cfg.operators.max_changes, step=cfg.operators.step)
-
-
-def build_resolver(cfg: Config) -> Any:
+        mutation = ConstantsMutation(max_changes=cfg.operators.max_changes, step=cfg.operators.step)
     if cfg.operators.conflict == "llm":
-        from operators.llm import LLMResolver, LLMSettings
+        from operators.llm import LLMResolver
 
-        return LLMResolver(llm_settings(cfg, LLMSettings))
-    from operators.crossover import FitterResolver, RandomResolver
+        resolver: Any = LLMResolver(client)
+    else:
+        from operators.crossover import FitterResolver, RandomResolver
 
-    return RandomResolver() if cfg.operators.conflict == "random" else FitterResolver()
-
-
-def llm_settings(cfg: Config, cls: Any) -> Any:
-    l = cfg.llm  # noqa: E741
-    return cls(base_url=l.base_url, model=l.model, api_key_env=l.api_key_env, temperature=l.temperature,
-               max_tokens=l.max_tokens, timeout=l.timeout, deadline=l.deadline, retries=l.retries,
-               fix_attempts=l.fix_attempts, token_budget=l.token_budget or None)
+        resolver = RandomResolver() if cfg.operators.conflict == "random" else FitterResolver()
+    return mutation, resolver
 
 
 def build_executor(cfg: Config) -> Any:
@@ -89,7 +96,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = config_mod.load(path, overrides)
     from evo.search import search
 
-    search(cfg, build_mutation(cfg), build_resolver(cfg), build_executor(cfg))
+    search(cfg, *build_operators(cfg), build_executor(cfg))
     return 0
 
 

@@ -145,6 +145,7 @@ def run(spec: RunSpec, monitor: Monitor | None = None, cancel: threading.Event |
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)
     sel.register(fd, selectors.EVENT_READ)
+    exited: float | None = None
     with open(spec.log_path, "wb") as log:
         eof = False
         while True:
@@ -182,10 +183,14 @@ def run(spec: RunSpec, monitor: Monitor | None = None, cancel: threading.Event |
                 stopped = "timeout"
             if stopped is not None:
                 _kill_group(proc)
-            if eof and proc.poll() is not None:
-                break
-            if stopped is not None and proc.poll() is not None:
-                break
+            if proc.poll() is not None:
+                if eof or stopped is not None:
+                    break
+                # the command exited but something it started still holds the output open:
+                # read what is buffered for a moment, then end the run (leftovers are killed below)
+                exited = exited or time.monotonic()
+                if time.monotonic() - exited > 2.0:
+                    break
         if partial:
             parser.feed(partial.decode("utf-8", errors="replace"))
         if total > written:
