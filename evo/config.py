@@ -81,6 +81,7 @@ class SprtConfig:
     max_pairs: int = 6  # paired seeds before a promotion test is called inconclusive
     gate: float = 0.5  # only test candidates whose first paired run shows gate*delta
     futility: bool = True  # stop clearly-worse runs early
+    seed_corr: float = 0.0  # futility test: share of the seed's effect a change keeps (0 assumes none: safe)
 
 
 @dataclass(frozen=True)
@@ -273,9 +274,9 @@ def _finish(cfg: Config, base: Path, stem: str) -> Config:
     ):
         if val < lo:
             raise ConfigError(f"{src}: [search] {key} = {val}: must be >= {lo}")
-    for key, val in (("crossover_rate", se.crossover_rate), ("mutation_rate", se.mutation_rate), ("gate", sp.gate)):
+    for key, val in (("crossover_rate", se.crossover_rate), ("mutation_rate", se.mutation_rate), ("gate", sp.gate), ("seed_corr", sp.seed_corr)):
         if not 0.0 <= val <= 1.0:
-            sec = "sprt" if key == "gate" else "search"
+            sec = "sprt" if key in ("gate", "seed_corr") else "search"
             raise ConfigError(f"{src}: [{sec}] {key} = {val}: must be between 0 and 1")
     for key, val in (("alpha", sp.alpha), ("beta", sp.beta)):
         if not 0.0 < val < 0.5:

@@ -82,9 +82,12 @@ class Judge:
         if run is None or run.outcome != "complete" or not run.progress:
             return None
         reference = _at(run.progress, self.noise.checkpoints, self.direction)
-        if reference is None or not self.delta > 0:
+        if reference is None:
             return None
-        test = sprt.FutilityTest(self.noise, reference=reference, delta=self.delta, alpha=self.cfg.alpha, beta=self.cfg.beta, paired=True)
+        # delta=None: the test's gain is one between-run sd of the progress curve (its own units);
+        # seed_corr: how much of the seed's effect a change is assumed to keep (0 assumes none: safe)
+        test = sprt.FutilityTest(self.noise, reference=reference, delta=None, alpha=self.cfg.alpha,
+                                 paired=True, seed_corr=self.cfg.seed_corr)
         return Monitor(test, self.direction)
 
     def better(self, a: float, b: float) -> bool:
@@ -109,10 +112,11 @@ class Judge:
         ]
 
     def decide(self, cand: Individual, incumbent: Individual) -> sprt.PairedDecision:
-        sigma = None  # estimated from the pairs themselves (GSPRT); the replicates only floor it
+        # sigma is estimated from the pairs themselves (GSPRT); the replicates' sigma only floors it
+        prior = self.noise.sigma_final if self.noise is not None and self.noise.sigma_final > 0 else None
         return sprt.paired_sprt(
             self.pairs(cand, incumbent), delta=self.delta, alpha=self.cfg.alpha, beta=self.cfg.beta,
-            max_pairs=self.cfg.max_pairs, sigma=sigma,
+            max_pairs=self.cfg.max_pairs, sigma=None, sigma_prior=prior,
         )
 
     def needed(self, cand: Individual, incumbent: Individual) -> list[tuple[Individual, int]]:

@@ -29,7 +29,7 @@ from evo.executors.base import Job, RunTemplate
 from evo.gitrepo import GitRepo, check_ref_name, matches
 from evo.judge import Judge, lower_better
 from evo.population import DUPLICATE, EVALUATED, FAILED, PENDING, PRUNED, RUNNING, Individual, Run, rebuild
-from evo.runner import RunSpec, run, run_env
+from evo.runner import RunSpec, kill_leftovers, run, run_env
 from evo.strategies import Plan, make_strategy
 from operators.base import Context, OperatorError, Parent, Proposal
 
@@ -68,6 +68,9 @@ class Study:
         self._check_command(t.run, "run")
         if t.setup:
             self._check_command(t.setup, "setup")
+        head = self.repo.head()
+        if not self.repo.match(head, t.mutable):  # checked before the archive is created: nothing is left behind
+            raise ConfigError(f"{cfg.source}: [target] mutable = {list(t.mutable)}: matches no file in {self.repo.path} at {head[:8]}")
         self.archive = Archive(cfg.study.storage, self.name, t.direction)
         self.pop: dict[int, Individual] = {}
         self.inflight: set[tuple[int, int]] = set()
@@ -93,10 +96,6 @@ class Study:
         if "base_commit" not in a:
             base = self.repo.head()
             mutable = self.repo.match(base, self.cfg.target.mutable)
-            if not mutable:
-                raise ConfigError(
-                    f"{self.cfg.source}: [target] mutable = {list(self.cfg.target.mutable)}: matches no file in {self.repo.path} at {base[:8]}"
-                )
             protected = [p for p in self.repo.ls_files(base) if not matches(p, self.cfg.target.mutable)]
             self.archive.set_attr("config", self.cfg.to_dict())
             self.archive.set_attr("repo", str(self.repo.path))
@@ -121,6 +120,8 @@ class Study:
         stale = self.archive.recover()
         if stale:
             self.log(f"resume: {len(stale)} run(s) interrupted by the last stop will run again")
+        if kill_leftovers(self.logs):  # runs a kill -9'd evo left running: they would compete with ours
+            self.log("resume: killed the runs the last (killed) evo left behind")
         self.pop = rebuild(self.archive.trials(), self.judge.screen_seed)
         self._adopt_orphan_commits()
         if 0 not in self.pop:
@@ -134,6 +135,10 @@ class Study:
         self._reconcile_mainline()
         self.judge.fit(self.pop[0])
         self.usage = dict(self.archive.attrs.get("usage", self.usage))
+        for ind in sorted(self.pop.values(), key=lambda i: i.index):
+            if ind.index > 0 and ind.status == EVALUATED and not ind.decision:
+                self._screen(ind)  # killed between its trial and its decision: decide now, as `record` would have
+        self.update_tests()  # likewise for a promotion test whose last run was recorded, not yet decided
 
     def _fingerprint(self, commit: str, paths: list[str]) -> str:
         h = hashlib.sha256()
@@ -156,11 +161,16 @@ class Study:
             msg = self.repo.out("log", "-1", "--format=%B", sha)
             t = dict(TRAILER.findall(msg))
             parents = tuple(int(x) for x in t.get("Parents", "").split(",") if x.strip())
-            self.pop[idx] = Individual(
+            ind = self.pop[idx] = Individual(
                 index=idx, commit=sha, tree=self.repo.tree_of(sha), parents=tuple(self.repo.out("log", "-1", "--format=%P", sha).split()),
                 parent_indices=parents, operator=t.get("Operator", "?"), description=msg.splitlines()[0] if msg else "",
                 generation=int(t.get("Generation", "0")), screen_seed=self.judge.screen_seed,
             )
+            if ind.parents:  # the diff is written right after the ref: the kill may have come first
+                ind.artifacts = self._save_artifacts(idx, {"diff.patch": self.repo.diff(ind.parents[0], sha)})
+            twin = next((o for o in self.pop.values() if o.tree == ind.tree and o.index < idx and o.commit), None)
+            if twin is not None:  # killed before its `duplicate` trial was written: write it now, never run it
+                self._duplicate(ind, twin, ind.artifacts, {})
 
     def _reconcile_mainline(self) -> None:
         """The mainline ref is the truth about promotions; the archive's list is brought in line."""
@@ -311,20 +321,23 @@ class Study:
         art = self._save_artifacts(idx, artifacts | {"diff.patch": self.repo.diff(plan.parents[0].commit, ind.commit)})
         twin = next((o for o in self.pop.values() if o.tree == tree and o.index != idx and o.commit), None)
         if twin is not None:  # the same code as an earlier individual: reuse, never re-run
-            ind.reused_from = twin.index
-            ind.status = DUPLICATE
-            reused = twin.value if twin.status == EVALUATED else None
-            if reused is not None:
-                ind.runs[ind.screen_seed] = Run(seed=ind.screen_seed, trial=-1, value=reused, outcome="duplicate")
-            self.archive.add("duplicate", reused, self._attrs(ind) | {
-                "seed": ind.screen_seed, "role": "candidate", "reused_from": twin.runs[twin.screen_seed].trial if twin.screen_seed in twin.runs else None,
-                "reused_from_index": twin.index, "reason": f"same tree as #{twin.index}" + ("" if reused is not None else " (no result yet)"),
-                "artifacts": art, "usage": usage,
-            })
-            self.log(f"#{idx:<4} {ind.operator:<10} same code as #{twin.index}: not run again")
-            return ind
+            return self._duplicate(ind, twin, art, usage)
         ind.status = PENDING
         ind.artifacts = art
+        return ind
+
+    def _duplicate(self, ind: Individual, twin: Individual, art: str, usage: dict[str, int]) -> Individual:
+        ind.reused_from = twin.index
+        ind.status = DUPLICATE
+        reused = twin.value if twin.status == EVALUATED else None
+        if reused is not None:
+            ind.runs[ind.screen_seed] = Run(seed=ind.screen_seed, trial=-1, value=reused, outcome="duplicate")
+        self.archive.add("duplicate", reused, self._attrs(ind) | {
+            "seed": ind.screen_seed, "role": "candidate", "reused_from": twin.runs[twin.screen_seed].trial if twin.screen_seed in twin.runs else None,
+            "reused_from_index": twin.index, "reason": f"same tree as #{twin.index}" + ("" if reused is not None else " (no result yet)"),
+            "artifacts": art, "usage": usage,
+        })
+        self.log(f"#{ind.index:<4} {ind.operator:<10} same code as #{twin.index}: not run again")
         return ind
 
     def _propose(self, plan: Plan, ind: Individual, rng: random.Random) -> tuple[str, str, dict[str, str], dict[str, int]]:
@@ -407,13 +420,17 @@ class Study:
             self.archive.set_attr("noise", self.judge.noise.to_dict())  # type: ignore[union-attr]
             self.log(f"noise model: sigma {self.judge.noise.sigma_final:.4g} over {self.judge.noise.n} seeds; delta {self.judge.delta:.4g}")  # type: ignore[union-attr]
         if job.seed == ind.screen_seed and ind.status == EVALUATED and ind.index > 0 and not ind.decision:
-            verdict = self.judge.screen(ind, self.incumbent)  # type: ignore[arg-type]
-            if verdict == "promote":
-                self.promote(ind, {"decision": "accept", "rule": "single run (SPRT off)"})
-            else:
-                self._decide(ind, "testing" if verdict == "test" else "untested", {})
+            self._screen(ind)
         self.update_tests()
         return ind
+
+    def _screen(self, ind: Individual) -> None:
+        """After its screening run: promote (SPRT off), start a promotion test, or leave it untested."""
+        verdict = self.judge.screen(ind, self.incumbent)  # type: ignore[arg-type]
+        if verdict == "promote":
+            self.promote(ind, {"decision": "accept", "rule": "single run (SPRT off)"})
+        else:
+            self._decide(ind, "testing" if verdict == "test" else "untested", {})
 
     def update_tests(self) -> None:
         for ind in sorted(self.pop.values(), key=lambda i: i.index):
