@@ -124,10 +124,14 @@ class Population:
         return out
 
     def survivors(self, pool: list[Individual]) -> list[_Member]:
-        """The mu best (plus-selection), so elites are never lost; NSGA-II ranks two objectives."""
+        """The mu best (plus-selection); NSGA-II ranks two objectives. The hall of fame (the
+        `elites` best on the primary metric) always survives, whatever the secondary says."""
         members = self.members(pool)
         select = tools.selNSGA2 if self.secondary else tools.selBest
-        return select(members, min(self.mu, len(members)))
+        chosen = select(members, min(self.mu, len(members)))
+        kept = {m.ind.index for m in chosen}
+        fame = {i.index for i in hall_of_fame({m.ind.index: m.ind for m in members}, self.direction, self.cfg.elites)} if self.cfg.elites else set()
+        return chosen + [m for m in members if m.ind.index in fame - kept]
 
     def plan(self, index: int, pop: dict[int, Individual], incumbent: Individual, rng: random.Random) -> Plan | None:
         gen = self.generation_of(index)
