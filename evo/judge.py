@@ -68,8 +68,10 @@ class Judge:
             return None
         curves = [[(f, lower_better(v, self.direction)) for f, v in r.progress] for r in good]
         finals = [lower_better(r.value, self.direction) for r in good]  # type: ignore[arg-type]
+        # the checkpoints are the fractions every replicate printed (the target's own schedule)
+        common = set.intersection(*({round(f, 4) for f, _ in c} for c in curves)) if all(curves) else set()
         try:
-            self.noise = sprt.fit_noise_model(curves, finals)
+            self.noise = sprt.fit_noise_model(curves, finals, checkpoints=sorted(common) or None)
         except ValueError:
             self.noise = None
         return self.noise
@@ -131,11 +133,11 @@ class Judge:
 
 
 def _at(progress: list[tuple[float, float]], checkpoints: tuple[float, ...], direction: str) -> list[float] | None:
-    """The curve's values at the noise model's checkpoints (nearest point within 0.05)."""
+    """The curve's values at the noise model's checkpoints (nearest point within 0.02)."""
     out = []
     for c in checkpoints:
         best = min(progress, key=lambda p: abs(p[0] - c))
-        if abs(best[0] - c) > 0.05:
+        if abs(best[0] - c) > 0.02:
             return None
         out.append(lower_better(best[1], direction))
     return out

@@ -46,13 +46,15 @@ class Progress:
         role = "" if done.job.role == "candidate" else f" {done.job.role} seed {done.job.seed}"
         self._line(
             f"[{s.made:>4}/{s.strategy.planned}] #{ind.index:<4} g{ind.generation:<3} {ind.operator:<12}{role:<18} "
-            f"{s.cfg.target.metric} {val:<10} best {fmt(inc.value if inc else None):<10} {r.seconds:5.1f}s  "
+            f"{s.cfg.target.metric} {val:<10} mainline {fmt(inc.value if inc else None):<10} {r.seconds:5.1f}s  "
             f"{ind.description[:70] if done.job.role == 'candidate' else ''}"
             + (f"  ({r.reason})" if r.outcome not in ("complete",) and r.reason else "")
         )
+
+    def recorded(self) -> None:
         for row in self.logbook.update():
             self._line(
-                f"-- generation {row['gen']}: {row['evals']} evaluated, best {fmt(row['best'])}, median {fmt(row['median'])}, "
+                f"-- generation {row['gen']}: {row['evals']} evaluated, best run {fmt(row['best'])}, median {fmt(row['median'])}, "
                 f"{row['failed']} failed, {row['pruned']} pruned, {row['seconds']:.0f}s"
             )
 

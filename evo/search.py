@@ -34,8 +34,9 @@ def search(cfg: Config, mutation: Any, resolver: Any, make_executor: Callable[[S
                 if executor.busy() == 0:
                     break  # nothing running and nothing startable: the budget is spent
                 for done in executor.wait(timeout=0.5):
-                    ind = study.record(done.job, done.result, done.worker, done.monitor_trace)
-                    progress.run_finished(done, ind)
+                    progress.run_finished(done, study.pop[done.job.index])
+                    study.record(done.job, done.result, done.worker, done.monitor_trace)
+                    progress.recorded()
                 progress.tick()
         except KeyboardInterrupt:
             out("interrupted: stopping runs; the same command resumes this study")
