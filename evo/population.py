@@ -43,6 +43,7 @@ class Individual:
     decision: str = ""  # promotion test: testing | accept | reject | inconclusive | untested
     reused_from: int | None = None  # index of the individual whose result a duplicate reuses
     artifacts: str = ""  # folder of the proposal's prompt, response and diff
+    usage: dict[str, int] = field(default_factory=dict)  # tokens the proposal cost (written on its screening trial)
 
     @property
     def value(self) -> float | None:

@@ -6,6 +6,7 @@ line (running workers, best so far, time left) is redrawn in place between them.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -79,5 +80,9 @@ class Progress:
             f"{s['duplicates']} duplicates), {s['runs']} runs, {s['promotions']} promotion(s); "
             f"baseline {fmt(s['baseline'])} -> mainline {fmt(s['incumbent_value'])}; worker utilisation {s['utilisation']:.0%}"
         )
+        from evo.cli import default_storage
+
         name = self.study.name
-        self.out(f"inspect: evo best {name} | evo trials {name} | evo mainline {name} | evo lineage {name}")
+        url = self.study.archive.url
+        flag = "" if url == default_storage(None) else f" --storage {shlex.quote(url)}"
+        self.out(f"inspect: evo best {name}{flag} | evo trials {name}{flag} | evo mainline {name}{flag} | evo lineage {name}{flag}")

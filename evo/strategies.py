@@ -151,7 +151,11 @@ class Population:
             padded = (members * 4)[: max(4, (len(members) + 3) // 4 * 4)]
             picks = tools.selTournamentDCD(padded, 2)
         else:
-            picks = tools.selTournament(members, 2, tournsize=min(self.cfg.tournament_size, len(members)))
+            k = min(self.cfg.tournament_size, len(members))
+            picks = tools.selTournament(members, 1, tournsize=k)
+            # the second parent comes from a tournament among the others, so a small pool still crosses over
+            others = [m for m in members if m.ind.index != picks[0].ind.index] or members
+            picks += tools.selTournament(others, 1, tournsize=min(k, len(others)))
         a, b = picks[0].ind, picks[1].ind
         if a.index != b.index and rng.random() < self.cfg.crossover_rate:
             return Plan(parents=(a, b), operator="crossover", generation=gen, mutate_after=rng.random() < self.cfg.mutation_rate)
