@@ -28,7 +28,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 TRIAL_ATTRS = (
     "index", "role", "commit", "tree", "branch", "parents", "parent_indices", "operator", "description",
     "generation", "seed", "outcome", "reason", "run_seconds", "log", "metrics", "reused_from", "sprt",
-    "usage", "artifacts", "worker",
+    "usage", "artifacts", "worker", "data_fingerprint",
 )
 STATE_OF_OUTCOME = {
     "complete": TrialState.COMPLETE,
@@ -46,7 +46,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise EvoError(f"storage {mask_url(url)}: cannot create the folder {Path(path).parent}: {e.strerror}") from None
     try:
         if url.startswith(("sqlite", "postgresql", "mysql", "oracle", "mssql")):
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)

@@ -101,9 +101,21 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from evo.archive import Archive
+    from evo.gitrepo import GitRepo
+    from evo.lock import study_lock
     from evo.promote import promote_by_hand
 
-    print(promote_by_hand(default_storage(args.storage), args.study, args.trial, args.to))
+    storage = default_storage(args.storage)
+    lock: Any = nullcontext()
+    if args.to is None:  # the study's mainline: a running search moves it too, so take the search's lock
+        repo = Archive(storage, args.study).attrs.get("repo")
+        if repo:
+            lock = study_lock(GitRepo(repo).git_dir, args.study)
+    with lock:
+        print(promote_by_hand(storage, args.study, args.trial, args.to))
     return 0
 
 

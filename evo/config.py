@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
 import os
 import re
 import tomllib
@@ -159,7 +160,10 @@ def load(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = 
             raise ConfigError(f"{p}: config file not found")
         try:
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        except UnicodeDecodeError as e:
+            line = e.object[: e.start].count(b"\n") + 1
+            raise ConfigError(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line})") from None
+        except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{p}: not valid TOML: {e}") from None
         base = p.resolve().parent
     sections: dict[str, Any] = {}
@@ -289,6 +293,11 @@ def _finish(cfg: Config, base: Path, stem: str) -> Config:
         raise ConfigError(f"{src}: [sprt] max_pairs = {sp.max_pairs}: must be >= 2")
     if cfg.operators.mutation == "llm" and not cfg.llm.model:
         raise ConfigError(f"{src}: [llm] model: missing; required when [operators] mutation = 'llm'")
+    key = cfg.llm.api_key_env
+    for pattern in tg.env_allow:  # runs are untrusted: the LLM's key reaches them only when named exactly
+        if pattern != key and fnmatch.fnmatchcase(key, pattern):
+            raise ConfigError(f"{src}: [target] env_allow = {list(tg.env_allow)}: {pattern!r} would pass the LLM key variable {key} "
+                              "to every run; name it exactly if the runs need it")
     if cfg.operators.mutation == "agent" and not cfg.agent.command:
         raise ConfigError(f"{src}: [agent] command: missing; required when [operators] mutation = 'agent'")
     return replace(

@@ -41,7 +41,7 @@ class GitRepo:
         if not p.exists():
             raise GitError(f"{p}: repository not found")
         try:
-            repo = gitpython.Repo(p, search_parent_directories=False)
+            repo = gitpython.Repo(p, search_parent_directories=True)  # a subfolder is refused below, by name
         except gitpython.InvalidGitRepositoryError:
             raise GitError(f"{p}: not a git repository (run 'git init' and commit the files first)") from None
         except gitpython.NoSuchPathError:

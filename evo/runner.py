@@ -9,6 +9,7 @@ A monitor (the futility test) sees each progress point and may stop the run at o
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import math
 import os
 import re
@@ -69,12 +70,14 @@ class RunResult:
     reason: str = ""
     log_tail: str = ""
     output_bytes: int = 0
+    data_fingerprint: str = ""  # the last `data_fingerprint: <hex>` line the run printed
 
 
 class OutputParser:
     """Finds the metric, the summary numbers and progress points in a stream of lines."""
 
     _KV = re.compile(rf"^\s*([A-Za-z_][\w.]*)\s*:\s+({NUMBER})\s*$")
+    _FINGERPRINT = re.compile(r"^\s*data_fingerprint:\s*(\S+)\s*$")
 
     def __init__(self, metric: str, metric_regex: str = "", progress_regex: str = "") -> None:
         self.metric = metric
@@ -83,6 +86,7 @@ class OutputParser:
         self.value: float | None = None
         self.metrics: dict[str, float] = {}
         self.progress: list[tuple[float, float]] = []
+        self.data_fingerprint = ""
 
     def feed(self, line: str) -> tuple[float, float] | None:
         """Parse one line; return a new progress point, if the line is one."""
@@ -100,9 +104,14 @@ class OutputParser:
                 self.value = float(m.group(1))
             except (TypeError, ValueError):
                 pass  # a group that captured no number: treated as not printed
+        if len(line) > 512 or ":" not in line:
+            return None  # not a `key: value` line (and _KV backtracks for long ones: 100 MB of output took minutes)
         kv = self._KV.match(line)
         if kv:
             self.metrics[kv.group(1)] = float(kv.group(2))
+        fp = self._FINGERPRINT.match(line)
+        if fp:
+            self.data_fingerprint = fp.group(1)[:128]
         return None
 
 
@@ -124,9 +133,12 @@ class RunSpec:
 def run(spec: RunSpec, monitor: Monitor | None = None, cancel: threading.Event | None = None) -> RunResult:
     """Run spec.command to completion, timeout, pruning or cancellation; never raises for the run's faults."""
     parser = OutputParser(spec.metric, spec.metric_regex, spec.progress_regex)
-    token = uuid.uuid4().hex
+    token = f"{owner_key(spec.log_path.parent)}-{uuid.uuid4().hex}"
     env = {**spec.env, "EVO_RUN_TOKEN": token}
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    if spec.no_network and not network_isolation_available():  # never run it with the network it must not have
+        spec.log_path.write_text("[evo] not run: no_network is set and `unshare --net` does not work on this machine\n")
+        return RunResult("crashed", reason="not run: [target] no_network = true but `unshare --net` does not work on this machine")
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -163,10 +175,11 @@ def run(spec: RunSpec, monitor: Monitor | None = None, cancel: threading.Event |
                     if written < spec.max_log_bytes:
                         piece = chunk[: spec.max_log_bytes - written]
                         log.write(piece)
+                        log.flush()  # `tail -f` and the Ray executor's log streaming see it now
                         written += len(piece)
                         if written >= spec.max_log_bytes:
                             log.write(b"\n[evo] log truncated here; output continued\n")
-                    lines = re.split(rb"[\r\n]", partial + chunk)
+                    lines = (partial + chunk).replace(b"\r", b"\n").split(b"\n")  # = re.split(rb"[\r\n]"), 10x faster
                     partial = lines.pop()
                     if len(partial) > 1 << 20:  # a huge line without a newline: parse what we have
                         lines.append(partial)
@@ -203,7 +216,7 @@ def run(spec: RunSpec, monitor: Monitor | None = None, cancel: threading.Event |
     res = RunResult(
         outcome="complete", value=parser.value, metrics=parser.metrics, progress=parser.progress,
         returncode=proc.returncode, seconds=seconds, output_bytes=total,
-        log_tail=b"".join(tail)[-4000:].decode("utf-8", errors="replace"),
+        log_tail=b"".join(tail)[-4000:].decode("utf-8", errors="replace"), data_fingerprint=parser.data_fingerprint,
     )
     if stopped == "pruned":
         res.outcome, res.reason = "pruned", "stopped early: clearly worse than its reference (futility test)"
@@ -228,7 +241,7 @@ def _wrap(spec: RunSpec) -> list[str]:
     shell = shutil.which("bash") or "/bin/sh"
     cmd = spec.command
     if spec.memory_limit_mb > 0:
-        cmd = f"ulimit -v {int(spec.memory_limit_mb) * 1024}; exec {cmd}"
+        cmd = f"ulimit -v {int(spec.memory_limit_mb) * 1024} || exit 97\n{cmd}"  # not `exec {cmd}`: cmd may be `cd x && ...`
     argv = [shell, "-c", cmd]
     if spec.no_network and network_isolation_available():
         argv = ["unshare", "--net", "--map-root-user", *argv] if os.geteuid() != 0 else ["unshare", "--net", *argv]
@@ -274,15 +287,38 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 def _kill_token(token: str) -> None:
     """Kill processes that left the group (setsid daemons) but still carry this run's token."""
     needle = f"EVO_RUN_TOKEN={token}".encode()
+    _kill_where(lambda env: needle in env)
+
+
+def owner_key(log_dir: Path) -> str:
+    """The first part of a run's token: the same for every run whose log goes to this folder (one study)."""
+    return hashlib.sha256(str(Path(log_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def kill_leftovers(log_dir: Path) -> int:
+    """Kill runs a killed (kill -9) evo left behind for the study logging into log_dir; call under the study lock.
+
+    A run has its own session, so it outlives an evo that dies without cleaning up, and would go
+    on competing for the machine (and the GPU) with the runs of the resumed search.
+    """
+    prefix = f"EVO_RUN_TOKEN={owner_key(log_dir)}-".encode()
+    return _kill_where(lambda env: any(v.startswith(prefix) for v in env))
+
+
+def _kill_where(match: Callable[[list[bytes]], bool]) -> int:
+    """SIGKILL every process whose environment (a list of NAME=value) matches; return how many."""
+    killed: set[int] = set()
     for _ in range(3):
         found = False
         for pid_dir in Path("/proc").glob("[0-9]*"):
             try:
-                if needle in (pid_dir / "environ").read_bytes().split(b"\0"):
+                if int(pid_dir.name) != os.getpid() and match((pid_dir / "environ").read_bytes().split(b"\0")):
                     os.kill(int(pid_dir.name), signal.SIGKILL)
+                    killed.add(int(pid_dir.name))
                     found = True
             except (OSError, ValueError):
                 continue
         if not found:
-            return
+            break
         time.sleep(0.05)
+    return len(killed)

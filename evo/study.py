@@ -22,14 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evo.archive import Archive
+from evo.archive import Archive, mask_url
 from evo.config import Config
 from evo.errors import ConfigError, EvoError
 from evo.executors.base import Job, RunTemplate
 from evo.gitrepo import GitRepo, check_ref_name, matches
 from evo.judge import Judge, lower_better
 from evo.population import DUPLICATE, EVALUATED, FAILED, PENDING, PRUNED, RUNNING, Individual, Run, rebuild
-from evo.runner import RunSpec, kill_leftovers, run, run_env
+from evo.runner import RunSpec, kill_leftovers, network_isolation_available, run, run_env
 from evo.strategies import Plan, make_strategy
 from operators.base import Context, OperatorError, Parent, Proposal
 
@@ -68,9 +68,14 @@ class Study:
         self._check_command(t.run, "run")
         if t.setup:
             self._check_command(t.setup, "setup")
+        if t.no_network and cfg.executor.kind == "local" and not network_isolation_available():
+            raise ConfigError(f"{cfg.source}: [target] no_network = true: `unshare --net` does not work here (it needs user namespaces or root)")
         head = self.repo.head()
         if not self.repo.match(head, t.mutable):  # checked before the archive is created: nothing is left behind
             raise ConfigError(f"{cfg.source}: [target] mutable = {list(t.mutable)}: matches no file in {self.repo.path} at {head[:8]}")
+        for path in self.repo.match(head, t.mutable):  # operators edit text: a binary file would fail after the baseline ran
+            if not _utf8(self.repo.read(head, path)):
+                raise ConfigError(f"{cfg.source}: [target] mutable = {list(t.mutable)}: {path} is not UTF-8 text (mutable files are edited as text)")
         self.archive = Archive(cfg.study.storage, self.name, t.direction)
         self.pop: dict[int, Individual] = {}
         self.inflight: set[tuple[int, int]] = set()
@@ -79,6 +84,7 @@ class Study:
         self.promotions: list[dict[str, Any]] = []
         self.next_index = 1
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        self.data_fingerprint = ""  # what the baseline's runs print as `data_fingerprint:`; every run must match
         self.started = time.time()
 
     # -- opening and resuming ----------------------------------------------------------------
@@ -88,7 +94,9 @@ class Study:
         except ValueError as e:
             raise ConfigError(f"{self.cfg.source}: [target] {key} = {cmd!r}: {e}") from None
         first = next((w for w in words if "=" not in w), "")
-        if first and not any(c in first for c in "$`;|&(") and shutil.which(first) is None and first not in ("cd", "exec", "env", "export", "source", "."):
+        relative = "/" in first and not first.startswith("/")  # ./train.sh: a file of the checkout, not of evo's cwd
+        builtins = ("cd", "exec", "env", "export", "source", ".", "exit", "set", "ulimit", "umask", "eval", "test", "[", ":", "command", "trap", "unset")
+        if first and not relative and not any(c in first for c in "$`;|&(") and shutil.which(first) is None and first not in builtins:
             raise ConfigError(f"{self.cfg.source}: [target] {key} = {cmd!r}: command '{first}' not found")
 
     def load(self) -> None:
@@ -97,9 +105,10 @@ class Study:
             base = self.repo.head()
             mutable = self.repo.match(base, self.cfg.target.mutable)
             protected = [p for p in self.repo.ls_files(base) if not matches(p, self.cfg.target.mutable)]
-            self.archive.set_attr("config", self.cfg.to_dict())
+            config = self.cfg.to_dict()
+            config["study"]["storage"] = mask_url(config["study"]["storage"])  # no password in the archive
+            self.archive.set_attr("config", config)
             self.archive.set_attr("repo", str(self.repo.path))
-            self.archive.set_attr("base_commit", base)
             self.archive.set_attr("namespace", self.ns)
             self.archive.set_attr("mainline", self.mainline_ref)
             self.archive.set_attr("metric", self.cfg.target.metric)
@@ -109,11 +118,19 @@ class Study:
             self.archive.set_attr("mutable", mutable)
             self.archive.set_attr("fingerprint", self._fingerprint(base, protected))
             self.archive.set_attr("created", time.time())
+            self.archive.set_attr("base_commit", base)  # last: a study with a base_commit has all of the above
         else:
             if Path(a["repo"]).resolve() != self.repo.path:
                 raise EvoError(f"study '{self.name}' belongs to the repository {a['repo']}, not {self.repo.path}")
             if a.get("strategy") not in (None, self.strategy.name):
                 raise EvoError(f"study '{self.name}' was run with strategy {a['strategy']}; use a new study name for {self.strategy.name}")
+            protected = [p for p in self.repo.ls_files(a["base_commit"]) if not matches(p, self.cfg.target.mutable)]
+            fingerprint = self._fingerprint(a["base_commit"], protected)
+            if a.get("fingerprint", fingerprint) != fingerprint:  # runs under other rules are not comparable
+                raise ConfigError(
+                    f"{self.cfg.source}: [target] mutable = {list(self.cfg.target.mutable)}: protects other files than study "
+                    f"'{self.name}' was started with (fingerprint {fingerprint}, was {a['fingerprint']}); use a new study name"
+                )
         base = self.archive.attrs["base_commit"]
         if self.repo.ref(self.mainline_ref) is None:
             self.repo.set_ref(self.mainline_ref, base, reason="evo: study mainline")
@@ -135,6 +152,7 @@ class Study:
         self._reconcile_mainline()
         self.judge.fit(self.pop[0])
         self.usage = dict(self.archive.attrs.get("usage", self.usage))
+        self.data_fingerprint = str(self.archive.attrs.get("data_fingerprint", ""))
         for ind in sorted(self.pop.values(), key=lambda i: i.index):
             if ind.index > 0 and ind.status == EVALUATED and not ind.decision:
                 self._screen(ind)  # killed between its trial and its decision: decide now, as `record` would have
@@ -189,12 +207,16 @@ class Study:
         chain.reverse()
         recorded = {p["index"]: p for p in self.archive.attrs.get("promotions", [])}
         self.promotions = []
+        changed = len(chain) != len(recorded)
         for sha, idx, t in chain:
             p = recorded.get(idx) or {"index": idx, "commit": sha, "candidate": t.get("Candidate", ""), "value": float(t.get("Value", "nan")), "time": time.time(), "decision": t.get("Decision", "")}
             self.promotions.append(p)
-            if str(idx) not in self.decisions:
+            if self.decisions.get(str(idx), {}).get("decision") != "accept":  # killed before the decision was written
                 self.decisions[str(idx)] = {"decision": "accept", "recovered": True}
-        if len(self.promotions) != len(recorded):
+                changed = True
+            if idx in self.pop:
+                self.pop[idx].decision = "accept"
+        if changed:
             self.archive.set_attr("promotions", self.promotions)
             self.archive.set_attr("decisions", self.decisions)
         last = self.promotions[-1]["index"] if self.promotions else 0
@@ -312,6 +334,7 @@ class Study:
             self.log(f"#{idx:<4} {ind.operator:<10} FAIL     {e.reason}")
             return ind
         self._count_usage(usage)
+        ind.usage = dict(usage)
         ind.description = description
         msg = (f"{description}\n\nEvo-Study: {self.name}\nEvo-Index: {idx}\nEvo-Operator: {ind.operator}\n"
                f"Evo-Generation: {plan.generation}\nEvo-Parents: {','.join(str(p.index) for p in plan.parents)}\n")
@@ -349,7 +372,7 @@ class Study:
             child = crossover(self.repo, self.parent_view(a), self.parent_view(plan.parents[1]), self.resolver, rng, ctx)
             if child is not None:
                 ind.operator = "crossover"
-                tree, desc = child.tree, child.description
+                tree, desc = child.tree, child.description.replace("merge", f"merge of #{a.index} and #{plan.parents[1].index}", 1)
                 if plan.mutate_after:
                     prop = self.mutation.mutate(self.parent_view(a, tree=tree), rng, ctx)
                     tree = self.repo.write_tree(tree, dict(prop.files))
@@ -372,12 +395,12 @@ class Study:
         with tempfile.TemporaryDirectory(prefix="evo-compile-") as tmp:
             for path in changed:
                 if path.endswith(".py"):
-                    src = Path(tmp) / "check.py"
+                    src = Path(tmp) / Path(path).name
                     src.write_bytes(self.repo.read(tree, path))
                     try:
                         py_compile.compile(str(src), cfile=str(Path(tmp) / "check.pyc"), doraise=True)
                     except py_compile.PyCompileError as e:
-                        msg = str(e.exc_value).replace(str(src), path).strip().splitlines()[-1]
+                        msg = str(e.exc_value).replace(str(src), path).replace(f"({src.name}, line", f"({path}, line").strip().splitlines()[-1]
                         raise OperatorError(f"syntax error in {path}: {msg}", artifacts) from None
 
     def _save_artifacts(self, idx: int, artifacts: dict[str, str]) -> str:
@@ -400,12 +423,17 @@ class Study:
     def record(self, job: Job, result: Any, worker: int, trace: list[tuple[float, float]]) -> Individual:
         ind = self.pop[job.index]
         self.inflight.discard((ind.index, job.seed))
+        self._check_data(ind, result)
         attrs: dict[str, Any] = self._attrs(ind) | {
             "seed": job.seed, "role": job.role, "run_seconds": round(result.seconds, 3), "log": str(job.log_path),
             "metrics": result.metrics, "reason": result.reason, "worker": worker, "returncode": result.returncode,
         }
+        if getattr(result, "data_fingerprint", ""):
+            attrs["data_fingerprint"] = result.data_fingerprint
         if trace:
             attrs["sprt"] = {"futility": trace, "delta": self.judge.delta}
+        if job.role == "candidate" and ind.usage:
+            attrs["usage"] = ind.usage
         if result.outcome == "interrupted":  # not a result: the run starts again on resume
             if job.seed == ind.screen_seed:
                 ind.status = PENDING
@@ -423,6 +451,21 @@ class Study:
             self._screen(ind)
         self.update_tests()
         return ind
+
+    def _check_data(self, ind: Individual, result: Any) -> None:
+        """Runs on other data are not comparable: a complete run must print the baseline's data fingerprint."""
+        fp = getattr(result, "data_fingerprint", "")
+        if result.outcome != "complete":
+            return
+        if not self.data_fingerprint:
+            if ind.index == 0 and fp:  # the first baseline run that prints one sets it (written before its trial)
+                self.data_fingerprint = fp
+                self.archive.set_attr("data_fingerprint", fp)
+            return
+        if fp != self.data_fingerprint:
+            result.outcome, result.value = "invalid", None
+            result.reason = f"data fingerprint {fp or '(none printed)'} differs from the baseline's {self.data_fingerprint}"
+            self.log(f"#{ind.index:<4} INVALID  {result.reason}")
 
     def _screen(self, ind: Individual) -> None:
         """After its screening run: promote (SPRT off), start a promotion test, or leave it untested."""
@@ -501,7 +544,9 @@ class Study:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         if res.returncode != 0:
-            raise EvoError(f"[target] setup = {cmd!r} failed ({res.reason or f'exit {res.returncode}'}); see {log}")
+            rc = res.returncode
+            why = res.reason if rc is None or res.outcome == "timeout" else f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
+            raise EvoError(f"{self.cfg.source}: [target] setup = {cmd!r}: failed ({why}); see {log}")
 
     def summary(self) -> dict[str, Any]:
         inds = [i for i in self.pop.values() if i.index > 0]
@@ -514,6 +559,14 @@ class Study:
             "incumbent_value": self.incumbent.value if self.incumbent else None,
             "run_seconds": round(sum(r.seconds for i in self.pop.values() for r in i.runs.values()), 1),
         }
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def dumps(obj: Any) -> str:

@@ -74,7 +74,7 @@ def crossover(repo: GitRepo, a: Parent, b: Parent, resolver: ConflictResolver, r
     if a.commit == b.commit or repo.is_ancestor(a.commit, b.commit) or repo.is_ancestor(b.commit, a.commit):
         return None
     merged = repo.merge_tree(a.commit, b.commit)
-    desc = f"merge of {a.commit[:8]} and {b.commit[:8]}"
+    desc = "merge"  # the caller names the parents (commit hashes would make seeded searches differ)
     if not merged.conflicts:
         return Child(tree=merged.tree, description=desc)
     base = repo.merge_base(a.commit, b.commit)
