@@ -151,9 +151,9 @@ print(f"score: {{-abs(X - 3)}}")
 
 
 def test_second_search_on_a_running_study_is_refused(make_repo, tmp_path: Path) -> None:
-    repo = make_repo(files={"target.py": "import time\nX = 1.0\ntime.sleep(20)\nprint('score: 1')\n"})
-    cfg = write_config(tmp_path / "evo.toml", repo, tmp_path / "evo.db", search={"generations": 1})
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    repo = make_repo(files={"target.py": "import os, time\nX = 1.0\ntime.sleep(float(os.environ['SLOW']))\nprint('score: 1')\n"})
+    cfg = write_config(tmp_path / "evo.toml", repo, tmp_path / "evo.db", search={"generations": 1}, target={"env_allow": ["SLOW"]})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "SLOW": "20"}
     first = subprocess.Popen([sys.executable, "-m", "evo", "search", "--config", str(cfg)], cwd=tmp_path, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -168,8 +168,8 @@ def test_second_search_on_a_running_study_is_refused(make_repo, tmp_path: Path) 
         first.kill()
         first.wait()
     # the kill -9'd holder's lock is stale: the next search takes it over and finishes
-    cfg2 = write_config(tmp_path / "evo.toml", repo, tmp_path / "evo.db", search={"generations": 0})
-    assert evo("search", "--config", str(cfg2), cwd=tmp_path, timeout=120).returncode == 0
+    cfg2 = write_config(tmp_path / "evo.toml", repo, tmp_path / "evo.db", search={"generations": 0}, target={"env_allow": ["SLOW"]})
+    assert evo("search", "--config", str(cfg2), cwd=tmp_path, timeout=120, env={"SLOW": "0"}).returncode == 0
 
 
 def test_promote_by_hand_refuses_a_checked_out_branch(make_repo, tmp_path: Path) -> None:
