@@ -77,9 +77,10 @@ class SprtConfig:
     enabled: bool = True
     replicates: int = 3  # baseline runs on distinct seeds that measure the noise
     alpha: float = 0.05  # chance of promoting a no-gain candidate
-    beta: float = 0.2  # chance of missing a gain of delta
-    delta: float = 0.0  # wanted gain in metric units; 0 = one seed sigma of the baseline
-    max_pairs: int = 6  # paired seeds before a promotion test is called inconclusive
+    beta: float = 0.1  # chance of missing a gain of delta
+    delta: float = 0.0  # wanted gain in metric units; 0 = 1.25 seed sigmas of the baseline
+    max_pairs: int = 8  # paired seeds before a promotion test is called inconclusive
+    futility_alpha: float = 0.1  # chance of stopping a run that is truly better by delta
     gate: float = 0.5  # only test candidates whose first paired run shows gate*delta
     futility: bool = True  # stop clearly-worse runs early
     seed_corr: float = 0.0  # futility test: share of the seed's effect a change keeps (0 assumes none: safe)
@@ -282,7 +283,7 @@ def _finish(cfg: Config, base: Path, stem: str) -> Config:
         if not 0.0 <= val <= 1.0:
             sec = "sprt" if key in ("gate", "seed_corr") else "search"
             raise ConfigError(f"{src}: [{sec}] {key} = {val}: must be between 0 and 1")
-    for key, val in (("alpha", sp.alpha), ("beta", sp.beta)):
+    for key, val in (("alpha", sp.alpha), ("beta", sp.beta), ("futility_alpha", sp.futility_alpha)):
         if not 0.0 < val < 0.5:
             raise ConfigError(f"{src}: [sprt] {key} = {val}: must be between 0 and 0.5")
     if sp.enabled and sp.replicates < 2:

@@ -54,7 +54,8 @@ class Judge:
     def delta(self) -> float:
         if self.cfg.delta > 0:
             return self.cfg.delta
-        return self.noise.sigma_final if self.noise is not None else float("nan")
+        # 1.25 sigma: the simulation's best true gain per compute (docs/statistics.md)
+        return 1.25 * self.noise.sigma_final if self.noise is not None else float("nan")
 
     def fit(self, baseline: Individual) -> sprt.NoiseModel | None:
         """The noise model from the baseline's replicate runs, once they are all in."""
@@ -88,7 +89,7 @@ class Judge:
             return None
         # delta=None: the test's gain is one between-run sd of the progress curve (its own units);
         # seed_corr: how much of the seed's effect a change is assumed to keep (0 assumes none: safe)
-        test = sprt.FutilityTest(self.noise, reference=reference, delta=None, alpha=self.cfg.alpha,
+        test = sprt.FutilityTest(self.noise, reference=reference, delta=None, alpha=self.cfg.futility_alpha,
                                  paired=True, seed_corr=self.cfg.seed_corr)
         return Monitor(test, self.direction)
 
