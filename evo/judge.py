@@ -104,8 +104,14 @@ class Judge:
             return "promote" if self.better(cand.value, incumbent.value) else "untested"
         if self.noise is None:
             return "untested" if not self.better(cand.value, incumbent.value) else "test"
-        diff = lower_better(cand.value, self.direction) - lower_better(incumbent.value, self.direction)
-        return "test" if sprt.promising(diff, self.delta, self.cfg.gate) else "untested"
+        c = lower_better(cand.value, self.direction)
+        paired = c - lower_better(incumbent.value, self.direction)
+        # also against the incumbent's mean over all its seeds: when a change does not keep the
+        # seed's effect, an unlucky screening run of the incumbent would wave everyone through
+        vals = [lower_better(v, self.direction) for v in incumbent.values().values()]
+        unpaired = c - sum(vals) / len(vals)
+        gate = lambda d: sprt.promising(d, self.delta, self.cfg.gate)  # noqa: E731
+        return "test" if gate(paired) and gate(unpaired) else "untested"
 
     def pairs(self, cand: Individual, incumbent: Individual) -> list[float]:
         c, i = cand.values(), incumbent.values()
