@@ -76,8 +76,10 @@ class Request:
 class FakeLLMServer:
     """Threaded HTTP server on an ephemeral port of 127.0.0.1; start() / close() or `with`."""
 
-    def __init__(self, *replies: Reply | str | int, model: str = "fake-model") -> None:
+    def __init__(self, *replies: Reply | str | int, model: str = "fake-model", responder: Any = None) -> None:
         self.model = model
+        # responder(request) -> Reply | str | int answers when the queue is empty (a scripted model)
+        self.responder = responder
         self.requests: list[Request] = []
         self._queue: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -104,10 +106,13 @@ class FakeLLMServer:
         with self._lock:
             return len(self._queue)
 
-    def _next(self) -> Reply:
+    def _next(self, request: Request | None = None) -> Reply:
         with self._lock:
             if self._queue:
                 return self._queue.popleft()
+        if self.responder is not None and request is not None:
+            reply = self.responder(request)
+            return Reply(text=reply) if isinstance(reply, str) else Reply(status=reply) if isinstance(reply, int) else reply
         return Reply(status=500, error_message="no scripted reply left")
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -191,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not request.path.rstrip("/").endswith("/chat/completions"):
             self._send(404, {"error": {"message": f"unknown path {request.path}", "type": "invalid_request_error"}})
             return
-        reply = self.owner._next()
+        reply = self.owner._next(request)
         if reply.delay and self.owner._closing.wait(reply.delay):
             return  # closing: drop the connection
         if reply.body is not None:
