@@ -195,7 +195,7 @@ def run(spec: RunSpec, monitor: Monitor | None = None, cancel: threading.Event |
             if stopped is None and time.monotonic() - start > spec.timeout:
                 stopped = "timeout"
             if stopped is not None:
-                _kill_group(proc)
+                kill_group(proc)
             if proc.poll() is not None:
                 if eof or stopped is not None:
                     break
@@ -211,7 +211,7 @@ def run(spec: RunSpec, monitor: Monitor | None = None, cancel: threading.Event |
     sel.close()
     proc.stdout.close()
     seconds = time.monotonic() - start
-    _kill_group(proc)
+    kill_group(proc)
     _kill_token(token)
     res = RunResult(
         outcome="complete", value=parser.value, metrics=parser.metrics, progress=parser.progress,
@@ -264,14 +264,14 @@ def network_isolation_available() -> bool:
     return _NETNS
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the run's process group, then SIGKILL what is left after a short grace."""
+def kill_group(proc: subprocess.Popen[bytes], grace: float = 1.0) -> None:
+    """SIGTERM the process group (a run's, an agent's), then SIGKILL what is left after `grace` s."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         pass
     try:
-        proc.wait(timeout=1.0)
+        proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         pass
     try:

@@ -16,13 +16,14 @@ import fnmatch
 import os
 import random
 import shlex
-import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from evo.runner import kill_group
 
 from .base import Context, OperatorError, Parent, Proposal
 from .llm import one_line, prompt_values, render_prompt
@@ -136,7 +137,7 @@ class AgentMutation:
                 except subprocess.TimeoutExpired:
                     timed_out = True
                 finally:
-                    _kill_group(process)  # also reaps children left behind by an agent that exited
+                    kill_group(process, grace=KILL_GRACE)  # also reaps children left behind by an agent that exited
             artifacts["stdout"], artifacts["stderr"] = _tail(stdout_file), _tail(stderr_file)
             if timed_out:
                 raise OperatorError(f"agent timed out after {self.settings.timeout:g} s (process group killed)", artifacts)
@@ -190,21 +191,3 @@ class AgentMutation:
 
 def _first_line(text: str) -> str:
     return next((one_line(line) for line in text.splitlines() if line.strip()), "")
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after a grace period."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        process.wait()
-        return
-    try:
-        process.wait(timeout=KILL_GRACE)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    process.wait()
