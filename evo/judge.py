@@ -41,6 +41,7 @@ class Judge:
         n = max(cfg.replicates, cfg.max_pairs)
         self.seeds = [seed + i for i in range(n)]  # EVO_SEED values; seeds[0] screens everyone
         self.noise: sprt.NoiseModel | None = None
+        self.noiseless = False  # the replicates were identical: single-run promotion is exact
 
     @property
     def screen_seed(self) -> int:
@@ -71,6 +72,11 @@ class Judge:
         finals = [lower_better(r.value, self.direction) for r in good]  # type: ignore[arg-type]
         # the checkpoints are the fractions every replicate printed (the target's own schedule)
         common = set.intersection(*({round(f, 4) for f, _ in c} for c in curves)) if all(curves) else set()
+        if max(finals) - min(finals) <= 1e-12 * max(1.0, abs(finals[0])):
+            # identical replicates: a deterministic target has no noise to test against, so the
+            # single-run rule is exact (no futility test, promote when strictly better)
+            self.noiseless = True
+            return None
         try:
             self.noise = sprt.fit_noise_model(curves, finals, checkpoints=sorted(common) or None)
         except ValueError:
@@ -100,7 +106,7 @@ class Judge:
         """After the screening run: 'promote' (no SPRT), 'test', or 'untested'."""
         if cand.value is None or incumbent.value is None or cand.index == incumbent.index:
             return "untested"
-        if not self.cfg.enabled:
+        if not self.cfg.enabled or self.noiseless:
             return "promote" if self.better(cand.value, incumbent.value) else "untested"
         if self.noise is None:
             return "untested" if not self.better(cand.value, incumbent.value) else "test"

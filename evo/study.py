@@ -481,6 +481,12 @@ class Study:
                 continue
             if ind.index == self.incumbent.index:
                 continue
+            if self.judge.noiseless:  # identical replicates: one run says it all
+                if self.judge.screen(ind, self.incumbent) == "promote":
+                    self.promote(ind, {"decision": "accept", "rule": "single run (deterministic target)"})
+                else:
+                    self._decide(ind, "untested", {"rule": "single run (deterministic target)"})
+                continue
             if not math.isfinite(self.judge.delta):
                 continue
             d = self.judge.decide(ind, self.incumbent)

@@ -70,3 +70,18 @@ def test_futility_prunes_fast_and_promotion_needs_paired_confirmation(make_repo,
     naive = optuna.load_study(study_name="naive", storage=f"sqlite:///{tmp_path / 'naive.db'}").get_trials(deepcopy=False)
     assert {t.user_attrs["role"] for t in naive} == {"baseline", "candidate"}
     assert not any(t.state == optuna.trial.TrialState.PRUNED for t in naive)
+
+
+def test_a_deterministic_target_with_sprt_on_falls_back_to_single_runs(make_repo, tmp_path: Path) -> None:
+    """Identical replicates (no noise) leave nothing to test: the search must not stop, and a
+    strictly better run is promoted at once (found by the benchmark: delta 0 raised)."""
+    repo = make_repo(noise=0.0)
+    cfg = write_config(tmp_path / "evo.toml", repo, tmp_path / "evo.db", search={"strategy": "greedy", "generations": 8},
+                       sprt={"enabled": True, "replicates": 3})
+    res = evo("search", "--config", str(cfg), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'evo.db'}")
+    kids = {t.user_attrs["index"] for t in study.get_trials(deepcopy=False) if t.user_attrs["index"] > 0}
+    assert kids == set(range(1, 9))
+    assert study.user_attrs["promotions"], "a better child of a deterministic target was not promoted"
+    assert "noise" not in study.user_attrs
