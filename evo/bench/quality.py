@@ -194,7 +194,7 @@ def sprt_stats(t: Target, trials: list[Any], attrs: dict[str, Any], true_of: Tru
         "wrong_prunes": wrong_prunes, "seconds_saved": round(saved, 3), "seconds_spent": round(spent, 3),
         "saved_share": saved / (spent + saved) if spent + saved > 0 else 0.0,
         "promotions": len(promos), "true_promotions": truly, "promotion_true_gains": gains,
-        "decisions": decisions, "runs_by_role": roles, "delta": (attrs.get("noise") or {}).get("sigma_final"),
+        "decisions": decisions, "runs_by_role": roles, "sigma_final": (attrs.get("noise") or {}).get("sigma_final"),
     }
 
 

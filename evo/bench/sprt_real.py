@@ -82,7 +82,7 @@ def real(quality_res: dict[str, Any]) -> dict[str, Any]:
             "promotions": promos, "true_promotions": sum(s["true_promotions"] for s in st),
             "true_promotion_share": sum(s["true_promotions"] for s in st) / promos if promos else None,
             "runs_by_role": roles, "runs_per_screening_run": sum(roles.values()) / max(1, roles.get("candidate", 0) + roles.get("baseline", 0)),
-            "decisions": decisions, "delta_median": statistics.median([s["delta"] for s in st if s.get("delta") is not None] or [float("nan")]),
+            "decisions": decisions, "sigma_final_median": statistics.median([s["sigma_final"] for s in st if s.get("sigma_final") is not None] or [float("nan")]),
             "regret_confirmed_median": statistics.median(r["regret_confirmed"] for r in rs),
         }
     return out
