@@ -276,19 +276,19 @@ def test_best_with_sprt_shows_the_confirmation_and_warns_about_single_runs(lab: 
     b = json.loads(ok(capsys, "best", "sprt", "-f", "json", "--storage", lab.url))
     out = ok(capsys, "best", "sprt", "--storage", lab.url)
     m = b["mainline"]
-    if attrs.get("promotions"):
-        d = attrs["decisions"][str(m["index"])]
-        assert m["pairs"] == d["pairs"] and m["llr"] == pytest.approx(d["llr"])
-        assert f"{d['pairs']} paired seeds" in out and "llr" in out
-    else:
-        assert "baseline (no promotion yet)" in out
-    # the baseline ran on every replicate seed
-    assert b["mainline"]["n"] >= 1
+    # the seeded search is deterministic: it promotes #5 after paired confirmation, and its best
+    # single run (#6, one seed) is not on the mainline
+    assert [p["index"] for p in attrs["promotions"]] == [5], attrs["promotions"]
+    d = attrs["decisions"][str(m["index"])]
+    assert m["index"] == 5 and d["decision"] == "accept"
+    assert m["pairs"] == d["pairs"] and m["llr"] == pytest.approx(d["llr"])
+    assert f"{d['pairs']} paired seeds" in out and "llr" in out
+    assert "baseline (no promotion yet)" not in out
+    assert m["n"] == d["pairs"]  # the mainline's value rests on every paired seed
     r = b["best_run"]
-    if not r["on_mainline"] and r["index"] != 0:
-        assert "NOT on the mainline" in out
-        if len(r["seeds"]) == 1:
-            assert "may be seed noise" in out
+    assert not r["on_mainline"] and r["index"] == 6 and len(r["seeds"]) == 1, r
+    assert "NOT on the mainline" in out
+    assert "may be seed noise" in out
 
 
 # -- show ------------------------------------------------------------------------------------------
@@ -304,15 +304,15 @@ def test_show_a_candidate_diff_log_and_sprt(lab: Lab, capsys: pytest.CaptureFixt
     assert "--- log " in out and "score: " in out.split("--- log ")[1]
     # futility traces and promotion decisions, wherever the search made them
     traced = [t for t in ts if t.user_attrs.get("sprt")]
-    if traced:
-        out = ok(capsys, "show", "sprt", str(traced[0].number), "--storage", lab.url)
-        assert "futility" in out and "fraction:llr" in out
+    assert traced, "the seeded SPRT search traces the futility test of every candidate"
+    out = ok(capsys, "show", "sprt", str(traced[0].number), "--storage", lab.url)
+    assert "futility" in out and "fraction:llr" in out
     tested = [k for k, d in lab.attrs("sprt").get("decisions", {}).items() if "pairs" in d]
-    if tested:
-        t = screening(ts)[int(tested[0])]
-        out = ok(capsys, "show", "sprt", str(t.number), "--storage", lab.url)
-        assert "llr trace" in out and "pairs" in out
-        assert "runs " in out  # its confirmation runs on other seeds
+    assert tested == ["5"], lab.attrs("sprt").get("decisions")
+    t = screening(ts)[int(tested[0])]
+    out = ok(capsys, "show", "sprt", str(t.number), "--storage", lab.url)
+    assert "llr trace" in out and "pairs" in out
+    assert "runs " in out  # its confirmation runs on other seeds
     # --index: an individual's screening run; --lines; --no-diff
     out = ok(capsys, "show", "sprt", "0", "--index", "--lines", "3", "--no-diff", "--storage", lab.url)
     assert "(#0 baseline, seed 0)" in out and "diff --git" not in out

@@ -280,7 +280,12 @@ def test_noise_model_of_paired_differences() -> None:
     assert np.diag(m.diff_cov(paired=True)).mean() == pytest.approx(2 * (1 - W), rel=0.35)
     with pytest.raises(ValueError):
         m.diff_cov(paired=False)
-    assert FutilityTest(m, reference=ref[0], paired=True).update(1.0, 0.0) in ("stop", "continue")
+    # against the same-seed reference run: a curve better by 2 deltas runs to the end, one worse
+    # by 2 deltas is stopped
+    better, worse = (FutilityTest(m, reference=ref[0], paired=True) for _ in range(2))
+    assert [better.update(float(c), float(v) - 2 * better.delta) for c, v in zip(CPS, ref[0])] == ["continue"] * len(CPS)
+    assert [worse.update(float(c), float(v) + 2 * worse.delta) for c, v in zip(CPS, ref[0])][-1] == "stop"
+    assert worse.llr <= worse.threshold < better.llr
 
 
 # ----------------------------------------------------------------------------- paired SPRT
