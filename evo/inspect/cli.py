@@ -1,4 +1,4 @@
-"""The inspection commands: studies, trials, best, show, lineage, mainline, compare, plot, dashboard.
+"""The inspection commands: studies, trials, best, show, lineage, mainline, compare, report, plot, dashboard.
 
 Each reads the storage (and the study's git repository) and never writes. Problems (an empty
 storage, a missing study or trial) are EvoErrors: one line, exit code 2. This module imports
@@ -111,6 +111,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     _format(p, ("table", "json"))
     _storage(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="one self-contained HTML page: lineage tree, mainline, diffs, curves",
+                       description="Write one HTML file (inline CSS, JavaScript and SVG; no network) with the lineage "
+                                   "tree (a crossover has two incoming edges), the mainline's steps with their confirmed "
+                                   "gains and the whole diff from the previous step, each candidate's outcome, diff and "
+                                   "progress curves, and, for several studies, the strategy comparison.")
+    p.add_argument("studies", nargs="+", metavar="STUDY", help="study names or quoted globs ('pop-*')")
+    p.add_argument("-o", "--output", metavar="PATH",
+                   help="HTML file to write (default: <study>.html for one study, report.html for several)")
+    p.add_argument("--max-diff-lines", type=int, default=300, metavar="N",
+                   help="cut each diff after N lines (default 300; 0 = no limit)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--group", metavar="REGEX", help="comparison: group studies by a regex on the name (default: by strategy)")
+    g.add_argument("--by", default="strategy", metavar="ATTR", help="comparison: group by this study attr (default: strategy)")
+    p.add_argument("--value", choices=("mainline", "best"), default="mainline",
+                   help="comparison: the confirmed mainline value (default) or the best single run")
+    _storage(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("plot", help="PNG: history, outcomes, fitness per generation",
                        description="One PNG: optimisation history (every value, best-so-far and the mainline), "
@@ -666,6 +684,55 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _out(f"note: {n}")
     if args.output:
         _out(f"wrote {out}")
+    return 0
+
+
+# -- report ----------------------------------------------------------------------------------------
+def _pick_studies(st: Any, url: str, patterns: list[str]) -> list[str]:
+    """Study names for names and globs (in the order given, each once); EvoError for a miss."""
+    from evo.archive import mask_url
+    from evo.inspect.api import missing_study
+
+    names = sorted(s.study_name for s in st.get_all_studies())
+    if not names:
+        raise missing_study("", url, names)
+    chosen: list[str] = []
+    for pat in patterns:
+        if any(c in pat for c in "*?["):
+            hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+            if not hits:
+                raise EvoError(f"no study matches {pat!r} in {mask_url(url)} (studies there: {', '.join(names[:20])})")
+        elif pat in names:
+            hits = [pat]
+        else:
+            raise missing_study(pat, url, names)
+        chosen.extend(h for h in hits if h not in chosen)
+    return chosen
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from evo.inspect.api import load_study, open_existing, resolve_storage
+    from evo.inspect.html import write_report
+
+    if args.max_diff_lines < 0:
+        raise EvoError(f"--max-diff-lines {args.max_diff_lines}: must be 0 (no limit) or more")
+    if args.group:
+        import re
+
+        try:
+            re.compile(args.group)
+        except re.error as e:
+            raise EvoError(f"--group {args.group!r}: not a regular expression: {e}") from None
+    url = resolve_storage(args.storage)
+    st = open_existing(url)
+    studies = [load_study(n, st) for n in _pick_studies(st, url, args.studies)]
+    out = args.output or (f"{studies[0].study_name}.html" if len(studies) == 1 else "report.html")
+    path = write_report(studies, out, max_diff_lines=args.max_diff_lines or None, group=args.group, by=args.by, value=args.value)
+    notes = [n for s in studies for n in dict.fromkeys(s.notes)]
+    _out(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB, {len(studies)} stud{'y' if len(studies) == 1 else 'ies'}): "
+         f"open it in a browser")
+    for n in dict.fromkeys(notes):
+        _out(f"note: {n}")
     return 0
 
 

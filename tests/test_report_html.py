@@ -1,0 +1,336 @@
+"""`evo report`: the lineage page, written from real searches (a git repository in a temp dir,
+real `evo search` runs, a real SQLite storage) and opened in a real headless Chromium, whose
+rendered DOM must hold what the page's JavaScript draws: the tree (with a crossover's two
+incoming edges), the diffs git computes, the progress curves and the strategy comparison.
+
+Chromium comes from the distribution (`apt-get install -y chromium`; .ci/run installs it). Set
+EVO_NO_BROWSER=1 to skip the browser tests on a machine without it; EVO_DOCS_SCREENSHOT=PATH
+also saves the screenshot there (docs/img/report.png was made that way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from evo import cli
+from evo.inspect.html import batch_diffs
+
+TARGET = '''\
+import os
+import random
+LR = 0.1
+#
+#
+#
+MOMENTUM = 0.5
+#
+#
+#
+WIDTH = 8
+seed = int(os.environ.get("EVO_SEED", "0"))
+rng = random.Random(seed)
+score = 10 - (LR - 0.3) ** 2 * 20 - (MOMENTUM - 0.9) ** 2 * 5 - abs(WIDTH - 16) * 0.05 + rng.gauss(0, 0.05)
+for i in range(1, 11):
+    print(f"progress: {i / 10:.2f} score: {score * (0.5 + i / 20) + rng.gauss(0, 0.02):.4f}")
+print(f"score: {score:.6f}")
+'''
+POP = {"search": {"strategy": "population", "population": 3, "generations": 1, "crossover_rate": 1.0, "tournament_size": 1},
+       "sprt": {"enabled": False}}
+STUDIES = {
+    "sprt": {"search": {"strategy": "greedy", "generations": 6}, "sprt": {"enabled": True, "replicates": 3, "max_pairs": 4, "delta": 0.5}},
+    "pop-s1": {"study": {"seed": 1}, **POP},
+    "pop-s2": {"study": {"seed": 2}, **POP},
+}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout
+
+
+def config(root: Path, name: str, extra: dict[str, dict[str, Any]]) -> Path:
+    sections: dict[str, dict[str, Any]] = {
+        "study": {"name": name, "storage": f"sqlite:///{root / 'results' / 'evo.db'}", "results": str(root / "results")},
+        "target": {"repo": str(root / "repo"), "mutable": ["target.py"], "run": "{python} target.py", "time_budget": 1,
+                   "timeout": 20, "metric": "score", "direction": "maximize"},
+    }
+    for sec, kv in extra.items():
+        sections.setdefault(sec, {}).update(kv)
+    text = "".join(f"[{sec}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in kv.items()) for sec, kv in sections.items())
+    path = root / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+class Lab:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.repo = root / "repo"
+        self.url = f"sqlite:///{root / 'results' / 'evo.db'}"
+
+    def study(self, name: str) -> optuna.Study:
+        return optuna.load_study(study_name=name, storage=self.url)
+
+    def evo(self, *argv: str) -> str:
+        buf, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+            rc = cli.main(list(argv))
+        assert rc == 0, f"evo {' '.join(argv)} -> {rc}\n{err.getvalue()}\n{buf.getvalue()}"
+        return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    root = tmp_path_factory.mktemp("report")
+    lab = Lab(root)
+    lab.repo.mkdir()
+    git(lab.repo, "init", "-q", "-b", "master")
+    (lab.repo / "target.py").write_text(TARGET)
+    (lab.repo / "README.md").write_text("protected\n")
+    git(lab.repo, "add", "-A")
+    git(lab.repo, "commit", "-qm", "init")
+    for name, extra in STUDIES.items():
+        lab.evo("search", "--config", str(config(root, name, extra)))
+    return lab
+
+
+def chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.environ.get("EVO_NO_BROWSER"):
+            pytest.skip("EVO_NO_BROWSER is set and chromium is not installed")
+        pytest.fail("chromium is not installed: apt-get install -y chromium (or set EVO_NO_BROWSER=1 to skip the browser tests)")
+    return exe
+
+
+def browser(page: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    home = page.parent / "chromium-home"  # its profile and crash folders stay in the temp dir
+    home.mkdir(exist_ok=True)
+    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+           f"--user-data-dir={home}", "--window-size=1280,1800", *flags, page.resolve().as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(home)})
+
+
+class Dom(HTMLParser):
+    """The rendered DOM as a flat list of elements (tag, attrs, text inside), by id too."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[dict[str, Any]] = []
+        self.open: list[dict[str, Any]] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        e = {"tag": tag, "attrs": {k: v or "" for k, v in attrs}, "text": "", "parents": [p["tag"] for p in self.open],
+             "parent_classes": [p["attrs"].get("class", "") for p in self.open],
+             "parent_ids": [p["attrs"].get("id", "") for p in self.open]}
+        self.elements.append(e)
+        if tag not in ("br", "meta", "input", "img", "hr", "link"):
+            self.open.append(e)
+
+    def handle_endtag(self, tag: str) -> None:
+        for i in range(len(self.open) - 1, -1, -1):
+            if self.open[i]["tag"] == tag:
+                del self.open[i:]
+                break
+
+    def handle_data(self, data: str) -> None:
+        for e in self.open:
+            e["text"] += data
+
+    def by_id(self, ident: str) -> dict[str, Any] | None:
+        return next((e for e in self.elements if e["attrs"].get("id") == ident), None)
+
+    def with_class(self, cls: str, tag: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.elements if cls in e["attrs"].get("class", "").split() and (tag is None or e["tag"] == tag)]
+
+
+def rendered(lab: Lab, *studies: str, name: str = "report.html", extra: tuple[str, ...] = ()) -> tuple[Path, Dom]:
+    page = lab.root / name
+    out = lab.evo("report", *studies, "-o", str(page), "--storage", lab.url, *extra)
+    assert out.startswith(f"wrote {page}"), out
+    proc = browser(page, "--dump-dom")
+    assert proc.returncode == 0 and "<body" in proc.stdout, proc.stderr[-2000:]
+    return page, Dom(proc.stdout)
+
+
+def screening(study: optuna.Study) -> dict[int, optuna.trial.FrozenTrial]:
+    out: dict[int, optuna.trial.FrozenTrial] = {}
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if t.user_attrs.get("role") in ("baseline", "candidate"):
+            out.setdefault(t.user_attrs["index"], t)
+    return out
+
+
+def path_points(d: str) -> int:
+    """How many points an SVG path's d attribute visits (M, L: one each; a step's H+V: one)."""
+    return len(re.findall(r"[ML]", d)) + len(re.findall(r"V", d))
+
+
+# -- the page in a browser -------------------------------------------------------------------------
+def test_the_page_renders_tree_diff_and_curves_in_chromium(lab: Lab) -> None:
+    page, dom = rendered(lab, "sprt", name="sprt.html")
+    body = next(e for e in dom.elements if e["tag"] == "body")
+    assert body["attrs"].get("data-rendered") == "yes", "the page's script did not run to the end"
+    assert dom.by_id("nojs") is None  # the script replaced the no-JavaScript placeholder
+
+    st = lab.study("sprt")
+    shots = screening(st)
+    # the tree: one node per individual, each child with an edge from its parent
+    nodes = [e for e in dom.with_class("node", "g") if e["attrs"]["id"].startswith("s0-node-")]
+    assert sorted(int(e["attrs"]["data-index"]) for e in nodes) == sorted(shots)
+    for idx, t in shots.items():
+        for p in t.user_attrs.get("parent_indices", []):
+            assert dom.by_id(f"s0-edge-{p}-{idx}") is not None, (p, idx)
+        node = dom.by_id(f"s0-node-{idx}")
+        assert f"#{idx} " in node["text"]
+    promoted = {p["index"] for p in st.user_attrs["promotions"]}
+    assert promoted == {5}  # the seeded SPRT search confirms #5 (as tests/test_inspect.py checks)
+    assert {int(e["attrs"]["data-index"]) for e in nodes if "promoted" in e["attrs"]["class"].split()} == promoted
+
+    # the detail panel opens on the mainline's best, #5: its diff as git computes it, line by line
+    detail = dom.by_id("s0-detail")
+    assert detail is not None and detail["text"].startswith("#5 ★ promoted")
+    t5 = shots[5]
+    want = git(lab.repo, "diff", t5.user_attrs["parents"][0], t5.user_attrs["commit"])
+    added = [ln for ln in want.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+    removed = [ln for ln in want.splitlines() if ln.startswith("-") and not ln.startswith("---")]
+    assert added and removed
+    in_detail = [e for e in dom.elements if e["tag"] == "span" and "s0-detail" in e["parent_ids"]
+                 and any("diff" in c.split() for c in e["parent_classes"])]
+    assert [e["text"] for e in in_detail if e["attrs"].get("class") == "d-add"] == added
+    assert [e["text"] for e in in_detail if e["attrs"].get("class") == "d-del"] == removed
+    # its progress curves: one path per run of #5 (screening + confirmation seeds), each with every progress point
+    runs = [t for t in st.get_trials(deepcopy=False) if t.user_attrs.get("index") == 5 and t.intermediate_values]
+    assert len(runs) >= 2  # the confirmation runs of the paired test
+    for t in runs:
+        path = next((e for e in dom.elements if e["tag"] == "path" and f"s0-run-{t.number}" in e["parent_ids"]), None)
+        assert path is not None and "curve-line" in path["attrs"]["class"].split(), t.number
+        assert path_points(path["attrs"]["d"]) == len(t.intermediate_values), (t.number, path["attrs"]["d"])
+    # the parent's curve is drawn dashed beside them
+    assert dom.with_class("parent-curve", "path")
+    # the mainline: one row per step, the confirmed gain's interval, the whole diff from the previous step
+    steps = dom.with_class("step", "tr")
+    assert len(steps) == 1 + len(promoted)
+    row = dom.by_id("s0-step-1")["text"]
+    d = st.user_attrs["decisions"]["5"]
+    assert f"{d['pairs']} pairs" in row and "[" in row and "]" in row  # the 95% interval of the gain per seed
+    stepdiff = dom.by_id("s0-stepdiff-1")
+    assert stepdiff is not None and all(a in stepdiff["text"] for a in added)
+    # the progress overview: one curve per screening run, with every point
+    for idx, t in shots.items():
+        assert dom.by_id(f"s0-curve-{idx}") is not None, idx
+    hist = dom.with_class("mainline-line", "path")
+    assert hist and path_points(hist[0]["attrs"]["d"]) >= 2
+    # self-contained: nothing is fetched
+    text = page.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
+    assert "<link" not in text and "@import" not in text
+
+
+def test_a_crossover_has_two_incoming_edges_and_several_studies_get_a_comparison(lab: Lab) -> None:
+    _, dom = rendered(lab, "pop-*", "sprt")
+    names = ["pop-s1", "pop-s2", "sprt"]
+    crossed = 0
+    for k, name in enumerate(names):
+        for idx, t in screening(lab.study(name)).items():
+            parents = t.user_attrs.get("parent_indices", [])
+            if len(parents) == 2:
+                first, merge = dom.by_id(f"s{k}-edge-{parents[0]}-{idx}"), dom.by_id(f"s{k}-edge-{parents[1]}-{idx}")
+                assert first is not None and merge is not None, (name, idx)
+                assert first["attrs"]["class"] == "edge" and merge["attrs"]["class"] == "edge merge"
+                assert "crossover" in dom.by_id(f"s{k}-node-{idx}")["attrs"]["class"]
+                crossed += 1
+    assert crossed, "the seeded population searches make crossovers"
+    # the comparison: a row per study, a curve per study, groups by strategy (population has two studies: an interval)
+    sec = dom.by_id("compare")
+    assert sec is not None and "grouped by strategy" in sec["text"]
+    for name in names:
+        g = dom.by_id(f"compare-curve-{name}")
+        assert g is not None, name
+    groups = dom.with_class("group", "tr")
+    text = {r["attrs"]["id"][len("compare-group-"):]: r["text"] for r in groups}
+    assert set(text) == {"population", "greedy"}
+    assert "none: one study" in text["greedy"] and re.search(r"\[[-0-9.e]+, [-0-9.e]+\]", text["population"])
+    assert dom.with_class("ci-bar", "path") and len(dom.with_class("final-dot", "circle")) == 3
+
+
+def test_a_screenshot_of_the_page(lab: Lab) -> None:
+    page = lab.root / "shot.html"
+    lab.evo("report", "pop-s1", "-o", str(page), "--storage", lab.url)  # a crossover: merges in the tree
+    png = lab.root / "report.png"
+    proc = browser(page, f"--screenshot={png}", "--hide-scrollbars")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = png.read_bytes()
+    assert data[:8] == PNG and len(data) > 30_000, len(data)  # a blank page compresses to a few KiB
+    import matplotlib.image
+
+    img = matplotlib.image.imread(str(png))
+    assert img.shape[1] == 1280 and img.shape[0] >= 1000
+    assert len({tuple(px) for px in img[::17, ::13].reshape(-1, img.shape[2]).tolist()}) > 50  # drawn, not empty
+    if os.environ.get("EVO_DOCS_SCREENSHOT"):
+        shutil.copy(png, os.environ["EVO_DOCS_SCREENSHOT"])
+
+
+# -- the data behind it, without a browser ------------------------------------------------------------
+def test_the_embedded_data_matches_the_archive_and_git(lab: Lab) -> None:
+    page = lab.root / "data.html"
+    lab.evo("report", "pop-s1", "-o", str(page), "--storage", lab.url, "--max-diff-lines", "3")
+    text = page.read_text()
+    blob = re.search(r'<script type="application/json" id="evo-data">(.*?)</script>', text, re.S).group(1)
+    assert "<" not in blob  # no text inside the JSON can close the script element
+    data = json.loads(blob)
+    (s,) = data["studies"]
+    assert data["compare"] is None and s["name"] == "pop-s1" and s["metric"] == "score"
+    st = lab.study("pop-s1")
+    shots = screening(st)
+    assert [m["index"] for m in s["members"]] == sorted(shots)
+    for m in s["members"]:
+        t = shots[m["index"]]
+        assert m["value"] == pytest.approx(t.value) and m["parents"] == list(t.user_attrs.get("parent_indices", []))
+        first = next(r for r in m["runs"] if r["trial"] == t.number)
+        assert first["curve"] == [[round(k / 1000, 4), v] for k, v in sorted(t.intermediate_values.items())]
+        for d in m["diffs"]:  # cut at 3 lines, and says by how much
+            full = git(lab.repo, "diff", t.user_attrs["parents"][m["parents"].index(d["against"])], t.user_attrs["commit"])
+            assert d["text"] == "".join(full.splitlines(keepends=True)[:3]) and d["cut"] == len(full.splitlines()) - 3
+    assert [r["index"] for r in s["mainline"]] == [0] + [p["index"] for p in st.user_attrs["promotions"]]
+
+
+def test_batch_diffs_equal_git_diff_and_fall_back_on_a_bad_commit(lab: Lab) -> None:
+    from evo.gitrepo import GitRepo
+
+    repo = GitRepo(lab.repo)
+    shots = screening(lab.study("pop-s2"))
+    pairs = [(p, t.user_attrs["commit"]) for t in shots.values() if t.user_attrs.get("commit") for p in t.user_attrs.get("parents", [])]
+    base = git(lab.repo, "rev-parse", "master").strip()
+    pairs.append((base, base))  # no change: an empty diff, and the split stays in step
+    got = batch_diffs(repo, pairs)
+    assert len(got) == len(set(pairs)) >= 3
+    for (a, b), text in got.items():
+        assert text == git(lab.repo, "diff", a, b), (a, b)
+    bad = batch_diffs(repo, [pairs[0], ("0" * 40, base)])
+    assert bad[pairs[0]] == got[pairs[0]] and bad[("0" * 40, base)].startswith("(git diff failed")
+
+
+def test_report_errors_are_one_line(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, want in ((["report", "nope"], "study 'nope' not found"),
+                       (["report", "sprt", "-o", str(lab.root / "missing" / "x.html")], "folder"),
+                       (["report", "zz-*"], "no study matches 'zz-*'"),
+                       (["report", "sprt", "--max-diff-lines", "-1"], "--max-diff-lines -1")):
+        capsys.readouterr()
+        rc = cli.main([*argv, "--storage", lab.url])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and want in err, (argv, err)
