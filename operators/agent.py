@@ -2,8 +2,12 @@
 
 The command runs through /bin/sh in a fresh temporary directory holding the parent's files
 (plus read-only context files), with the prompt in a file (`{prompt}` in the command, and
-$EVO_PROMPT_FILE), a scrubbed environment, and a timeout that kills its whole process group.
-The files it changed become the Proposal.
+$EVO_PROMPT_FILE), the environment of an untrusted run (`evo.runner.run_env`: the base set and
+`env_allow`, secret-looking names only when named exactly), and a timeout that kills its whole
+process group. EVERY file it changed or created becomes part of the Proposal, protected ones
+included: the search loop, not this operator, knows the mutable globs, and rejects a child that
+touches anything else (outcome "rejected", "touches protected file(s): ..."), so an agent's edit
+outside the mutable files is never silently dropped.
 
     agent = AgentMutation(AgentSettings(command='my-agent --prompt-file {prompt}', timeout=900,
                                         env_allow=("ANTHROPIC_API_KEY",)))
@@ -12,7 +16,6 @@ The files it changed become the Proposal.
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import os
 import random
 import shlex
@@ -23,18 +26,17 @@ from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from evo.runner import kill_group
+from evo.runner import kill_group, run_env
 
 from .base import Context, OperatorError, Parent, Proposal
 from .llm import one_line, prompt_values, render_prompt
 
 __all__ = ["AgentMutation", "AgentSettings"]
 
-BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR", "TERM", "LANG", "LANGUAGE", "LC_*", "TZ")
 DESCRIPTION_FILE = "EVO_DESCRIPTION"
 TAIL = 4000  # characters of stdout/stderr kept as artifacts
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of the process group
-IGNORED_DIRS = {".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "node_modules", ".venv"}
+IGNORED_DIRS = {".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "node_modules", ".venv"}  # tool caches, never part of a child
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class AgentSettings:
 
     command: str = ""  # shell command; {prompt} and {workdir} are replaced by quoted paths
     timeout: float = 900.0  # seconds; then the agent's process group is killed
-    env_allow: tuple[str, ...] = ()  # extra environment variables passed through (names or globs)
+    env_allow: tuple[str, ...] = ()  # extra variables passed through (names, or globs that never match secret-looking names)
 
     def __post_init__(self) -> None:
         if not self.command.strip():
@@ -79,8 +81,9 @@ def _tail(path: Path) -> str:
 
 class AgentMutation:
     """Mutation "agent". `extra_files` (path -> text) are written read-only next to the parent's
-    files as context; the agent's changes to them, and any file it creates, are ignored (listed in
-    the "ignored" artifact)."""
+    files as context. The proposal holds every file the agent changed or created (context files
+    included; only DESCRIPTION_FILE and IGNORED_DIRS are left out), so the search loop's
+    protected-file check sees, and rejects, any change outside the mutable globs."""
 
     name = "agent"
 
@@ -91,14 +94,14 @@ class AgentMutation:
     def prompt(self, parent: Parent, context: Context) -> str:
         extra = ""
         if self.extra_files:
-            extra = "Read-only context (changes are ignored): " + ", ".join(f"`{p}`" for p in sorted(self.extra_files)) + ".\n"
+            extra = "Read-only context (changing it rejects your edit): " + ", ".join(f"`{p}`" for p in sorted(self.extra_files)) + ".\n"
         return render_prompt("agent", **prompt_values(parent, context), extra=extra)
 
     def _env(self, prompt_file: Path, workdir: Path) -> dict[str, str]:
-        allowed = BASE_ENV + self.settings.env_allow
-        env = {name: value for name, value in os.environ.items() if any(fnmatch.fnmatchcase(name, p) for p in allowed)}
-        env.update(EVO_PROMPT_FILE=str(prompt_file), EVO_WORKDIR=str(workdir), EVO_DESCRIPTION_FILE=str(workdir / DESCRIPTION_FILE))
-        return env
+        """The one scrubber evo uses for untrusted processes (runs and agents alike)."""
+        return run_env(self.settings.env_allow, extra={
+            "EVO_PROMPT_FILE": str(prompt_file), "EVO_WORKDIR": str(workdir), "EVO_DESCRIPTION_FILE": str(workdir / DESCRIPTION_FILE),
+        })
 
     def mutate(self, parent: Parent, rng: random.Random, context: Context) -> Proposal:
         if not parent.files:
@@ -144,49 +147,44 @@ class AgentMutation:
             if status != 0:
                 last = one_line(artifacts["stderr"].strip().splitlines()[-1]) if artifacts["stderr"].strip() else ""
                 raise OperatorError(f"agent exited with status {status}" + (f": {last}" if last else ""), artifacts)
-            changed, ignored = self._collect(workdir, parent)
+            changed = self._collect(workdir, parent)
             description_file = workdir / DESCRIPTION_FILE
             described = description_file.read_text(encoding="utf-8", errors="replace") if description_file.is_file() else ""
-        if ignored:
-            artifacts["ignored"] = "\n".join(ignored) + "\n"
         if not changed:
             raise OperatorError("agent made no change", artifacts)
+        before = {**self.extra_files, **parent.files}
         artifacts["diff"] = "".join(
-            "".join(difflib.unified_diff(parent.files[p].splitlines(True), changed[p].splitlines(True), f"a/{p}", f"b/{p}"))
+            "".join(difflib.unified_diff(before.get(p, "").splitlines(True), changed[p].splitlines(True),
+                                         f"a/{p}" if p in before else "/dev/null", f"b/{p}"))
             for p in sorted(changed)
         )
         description = _first_line(described) or _first_line(artifacts["stdout"]) or "agent edit"
         return Proposal(changed, description, artifacts)
 
-    def _collect(self, workdir: Path, parent: Parent) -> tuple[dict[str, str], list[str]]:
-        """(changed mutable files, notes on ignored files). A deleted or undecodable mutable file is an error."""
-        changed, ignored = {}, []
-        for path, old in parent.files.items():
-            target = workdir / path
-            if not target.is_file():
+    def _collect(self, workdir: Path, parent: Parent) -> dict[str, str]:
+        """Every file the agent changed or created, by repo-relative path -> new text. A deleted
+        or undecodable file is an error (a proposal holds full texts; it cannot delete)."""
+        before = {**self.extra_files, **parent.files}
+        changed: dict[str, str] = {}
+        for path in before:
+            if not (workdir / path).is_file():
                 raise OperatorError(f"agent deleted {path} (deleting a file is not supported)")
-            try:
-                new = target.read_bytes().decode("utf-8")
-            except UnicodeDecodeError:
-                raise OperatorError(f"agent left {path} not valid UTF-8") from None
-            if new != old:
-                changed[path] = new
         for dirpath, dirnames, filenames in os.walk(workdir):
             dirnames[:] = sorted(d for d in dirnames if d not in IGNORED_DIRS)
             for name in sorted(filenames):
-                rel = (Path(dirpath) / name).relative_to(workdir).as_posix()
-                if rel in parent.files or rel == DESCRIPTION_FILE:
+                file = Path(dirpath) / name
+                rel = file.relative_to(workdir).as_posix()
+                if file.is_symlink():  # never read through it: it may point anywhere (~/.ssh, say)
+                    raise OperatorError(f"agent left a symbolic link at {rel} (not supported)")
+                if rel == DESCRIPTION_FILE or not file.is_file():
                     continue
-                if rel in self.extra_files:
-                    try:
-                        same = (Path(dirpath) / name).read_text(encoding="utf-8") == self.extra_files[rel]
-                    except (OSError, UnicodeDecodeError):
-                        same = False
-                    if not same:
-                        ignored.append(f"{rel} (read-only context, changes ignored)")
-                else:
-                    ignored.append(f"{rel} (not an editable file, ignored)")
-        return changed, ignored
+                try:
+                    new = file.read_bytes().decode("utf-8")
+                except UnicodeDecodeError:
+                    raise OperatorError(f"agent left {rel} not valid UTF-8") from None
+                if new != before.get(rel):
+                    changed[rel] = new
+        return changed
 
 
 def _first_line(text: str) -> str:

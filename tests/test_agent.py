@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shlex
 import sys
@@ -46,6 +47,19 @@ elif mode == "quiet":
     edit("train.py", "DEPTH = 4", "DEPTH = 6")
 elif mode == "nothing":
     print("looked around, changed nothing")
+elif mode == "sneaky":
+    edit("train.py", "LR = 0.01", "LR = 0.03")
+    pathlib.Path("README.md").write_text("rewritten\n")  # not one of the files it was given
+    pathlib.Path("lib/new.py").write_text("Y = 2\n")
+    os.makedirs("__pycache__", exist_ok=True)
+    pathlib.Path("__pycache__/x.pyc").write_bytes(b"\x00\xff")  # tool caches are never part of a child
+elif mode == "delete":
+    os.remove("lib/util.py")
+elif mode == "symlink":
+    edit("train.py", "LR = 0.01", "LR = 0.05")
+    os.symlink("/etc/hostname", "secrets.txt")
+elif mode == "binary":
+    pathlib.Path("blob.bin").write_bytes(b"\xff\xfe\x00")
 elif mode == "env":
     edit("train.py", "DEPTH = 4", "DEPTH = 5")
     print(json.dumps(dict(os.environ)))
@@ -80,17 +94,35 @@ def mutate(mutation: AgentMutation):
     return mutation.mutate(PARENT, random.Random(0), CONTEXT)
 
 
-def test_edit_becomes_a_proposal_and_extra_files_stay_read_only(agent):
+def test_edit_becomes_a_proposal_with_every_file_the_agent_touched(agent):
+    """The proposal reports new files and changed read-only context too: the search loop rejects
+    a child that touches anything outside the mutable files (tests/test_isolation.py)."""
     proposal = mutate(agent("edit", extra_files={"prepare.py": "EVAL = 1\n"}))
-    assert proposal.files == {"train.py": "LR = 0.02\nDEPTH = 4\n"}
+    # the context file is read-only on disk; only root (who ignores file modes) can write it
+    refused = "prepare.py is read-only" in proposal.artifacts["stderr"]
+    assert refused == (os.geteuid() != 0), proposal.artifacts["stderr"]
+    expected = {"train.py": "LR = 0.02\nDEPTH = 4\n", "notes.txt": "scratch"} | ({} if refused else {"prepare.py": "cheat"})
+    assert proposal.files == expected
     assert proposal.description == "raised the learning rate to 0.02"  # first line of stdout
     assert "-LR = 0.01\n+LR = 0.02" in proposal.artifacts["diff"]
-    ignored = proposal.artifacts["ignored"].splitlines()
-    assert ignored[0] == "notes.txt (not an editable file, ignored)"
-    if "prepare.py is read-only" not in proposal.artifacts["stderr"]:  # root writes read-only files
-        assert ignored[1:] == ["prepare.py (read-only context, changes ignored)"]
-    assert "Read-only context (changes are ignored): `prepare.py`" in proposal.artifacts["prompt"]
+    assert "--- /dev/null\n+++ b/notes.txt\n" in proposal.artifacts["diff"]
+    assert "ignored" not in proposal.artifacts
+    assert "Read-only context (changing it rejects your edit): `prepare.py`" in proposal.artifacts["prompt"]
     assert proposal.usage == {}
+
+
+def test_files_outside_the_given_ones_are_reported_not_dropped(agent):
+    proposal = mutate(agent("sneaky"))
+    assert proposal.files == {"train.py": "LR = 0.03\nDEPTH = 4\n", "README.md": "rewritten\n", "lib/new.py": "Y = 2\n"}
+
+
+def test_deleted_symlinked_or_binary_files_fail_the_proposal(agent):
+    for mode, reason in (("delete", "agent deleted lib/util.py (deleting a file is not supported)"),
+                         ("symlink", "agent left a symbolic link at secrets.txt (not supported)"),
+                         ("binary", "agent left blob.bin not valid UTF-8")):
+        with pytest.raises(OperatorError) as info:
+            mutate(agent(mode))
+        assert info.value.reason == reason
 
 
 def test_description_file_wins_and_nested_files_work(agent):
@@ -112,11 +144,18 @@ def test_no_change_is_an_operator_error(agent):
 
 
 def test_environment_is_scrubbed_to_the_allow_list(agent, monkeypatch):
+    """The same scrubber as a run's (evo.runner.run_env): a glob never lets a secret-looking name
+    through, an exact name does; evo's storage URL and unlisted variables never pass."""
     monkeypatch.setenv("EVO_TEST_SECRET", "hunter2")
     monkeypatch.setenv("EVO_TEST_AGENT_KEY", "agent-key")
-    proposal = mutate(agent("env", env_allow=("EVO_TEST_AGENT_*",)))
+    monkeypatch.setenv("EVO_TEST_OPT_MODE", "fast")
+    monkeypatch.setenv("EVO_TEST_OPT_TOKEN", "tok-123")
+    monkeypatch.setenv("EVO_STORAGE", "postgresql://user:pw@db/evo")
+    proposal = mutate(agent("env", env_allow=("EVO_TEST_AGENT_KEY", "EVO_TEST_OPT_*")))
     env = json.loads(proposal.artifacts["stdout"].strip().splitlines()[-1])
     assert env["EVO_TEST_AGENT_KEY"] == "agent-key" and "EVO_TEST_SECRET" not in env
+    assert env["EVO_TEST_OPT_MODE"] == "fast" and "EVO_TEST_OPT_TOKEN" not in env
+    assert "EVO_STORAGE" not in env
     assert "PATH" in env and env["EVO_PROMPT_FILE"].endswith("prompt.md")
     assert Path(env["EVO_WORKDIR"]) == Path(env["EVO_DESCRIPTION_FILE"]).parent
 
@@ -141,14 +180,13 @@ def test_hanging_agent_is_killed_with_its_children(agent, tmp_path):
     start = time.monotonic()
     with pytest.raises(OperatorError) as info:
         mutate(agent("hang", str(pid_file), timeout=1.0))
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 30  # the agent would sleep 60 s: a bound that still catches a hang
     assert info.value.reason == "agent timed out after 1 s (process group killed)"
     assert info.value.artifacts["stdout"] == "thinking...\n"
     child = int(pid_file.read_text())
-    for _ in range(50):
-        if not _alive(child):
-            break
-        time.sleep(0.02)
+    deadline = time.monotonic() + 20
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not _alive(child)
 
 

@@ -240,25 +240,41 @@ def test_no_network(tmp_path: Path) -> None:
 # -- protected files and metric integrity ---------------------------------------------------------------
 
 AGENT = '''\
-import pathlib
+import os, pathlib, sys
 p = pathlib.Path("target.py")
 p.write_text(p.read_text().replace("X = 1.0", "X = 3.0"))
-pathlib.Path("README.md").write_text("rewritten by the agent\\n")  # not an editable file
-pathlib.Path("prepare.py").write_text("EVAL = 0\\n")  # read-only context / a new file
+if os.environ["EVO_AGENT_MODE"] == "sneaky":
+    pathlib.Path("README.md").write_text("rewritten by the agent\\n")  # a protected file of the repository
+    pathlib.Path("prepare.py").write_text("EVAL = 0\\n")  # a file outside the mutable globs
 '''
 
 
-def test_an_agent_cannot_change_a_protected_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["sneaky", "honest"])
+def test_an_agent_that_touches_a_protected_file_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """README: a child that changes a file outside `mutable` is recorded as FAIL and never run,
+    whatever the operator. The agent reports every file it wrote; the engine rejects the child."""
+    monkeypatch.setenv("EVO_AGENT_MODE", mode)
     repo = make_repo(tmp_path, TARGET.replace("NOISE", "0.0"))
     (tmp_path / "agent.py").write_text(AGENT)
     ts = search(tmp_path, repo, search={"generations": 1}, operators={"mutation": "agent"},
-                agent={"command": f"{{python}} {tmp_path / 'agent.py'}"})
+                agent={"command": f"{{python}} {tmp_path / 'agent.py'}", "env_allow": ["EVO_AGENT_MODE"]})
     child = next(t for t in ts if t.user_attrs["index"] == 1)
-    assert child.user_attrs["outcome"] == "complete"
-    assert git(repo, "diff", "--name-only", child.user_attrs["parents"][0], child.user_attrs["commit"]) == "target.py"
-    assert git(repo, "show", f"{child.user_attrs['commit']}:README.md") == "a protected file"
-    ignored = (Path(child.user_attrs["artifacts"]) / "ignored.txt").read_text()
-    assert "README.md (not an editable file, ignored)" in ignored and "prepare.py" in ignored
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/evo/toy/c/").split()
+    if mode == "honest":  # the same agent, staying inside target.py: a normal child
+        assert child.user_attrs["outcome"] == "complete" and child.value == pytest.approx(-0.4)  # X = 3.0, Y = 5
+        assert git(repo, "diff", "--name-only", child.user_attrs["parents"][0], child.user_attrs["commit"]) == "target.py"
+        assert "refs/heads/evo/toy/c/00001" in refs
+        return
+    assert child.state == optuna.trial.TrialState.FAIL
+    assert child.user_attrs["outcome"] == "rejected"
+    assert child.user_attrs["reason"] == "touches protected file(s): README.md, prepare.py"
+    # never committed, never run
+    assert not child.user_attrs.get("commit") and not child.user_attrs.get("log")
+    assert "refs/heads/evo/toy/c/00001" not in refs
+    assert len([t for t in ts if t.user_attrs["index"] == 1]) == 1
+    assert git(repo, "show", "HEAD:README.md") == "a protected file"
+    diff = (Path(child.user_attrs["artifacts"]) / "diff.txt").read_text()
+    assert "+rewritten by the agent" in diff and "+X = 3.0" in diff
 
 
 def test_the_study_fingerprints_the_protected_files(tmp_path: Path) -> None:
