@@ -48,7 +48,7 @@ def make(llm_server, monkeypatch):  # noqa: F811
 
     def factory(**overrides) -> LLMClient:
         values = dict(
-            base_url=llm_server.base_url, model="fake-coder", api_key_env=ENV, timeout=2.0, deadline=10.0, backoff=0.01
+            base_url=llm_server.base_url, model="fake-coder", api_key_env=ENV, timeout=10.0, deadline=30.0, backoff=0.01
         )
         values.update(overrides)
         return LLMClient(LLMSettings(**values))
@@ -233,26 +233,37 @@ def test_unreachable_server_and_malformed_responses(llm_server, make):
     assert failure(make()).reason == "LLM server returned no choices"
 
 
+# The answers below hang for 60 s (the server wakes them when it closes): only evo's own timeout
+# or deadline can end a request, and the bounds leave seconds of slack yet catch a hang.
+HANG = 60.0
+
+
 def test_timeout_is_retried_then_fails(llm_server, make):
-    llm_server.push(Reply(GOOD, delay=3), Reply(GOOD, delay=3))
+    llm_server.push(Reply(GOOD, delay=HANG), Reply(GOOD, delay=HANG))
     start = time.monotonic()
     error = failure(make(timeout=0.4, retries=1))
     assert error.reason == "LLM request failed after 2 attempts (request timed out after 0.4 s)"
-    assert len(llm_server.requests) == 2 and time.monotonic() - start < 3.0
+    assert len(llm_server.requests) == 2 and time.monotonic() - start < 10.0
 
 
 def test_overall_deadline(llm_server, make):
-    llm_server.push(*[Reply(GOOD, delay=3)] * 5)
+    llm_server.push(*[Reply(GOOD, delay=HANG)] * 60)
     start = time.monotonic()
-    error = failure(make(timeout=0.4, deadline=0.7, retries=5))
+    # without the deadline, 51 attempts of 0.4 s would take over 20 s
+    error = failure(make(timeout=0.4, deadline=0.7, retries=50))
     assert error.reason.startswith("LLM deadline of 0.7 s exceeded")
-    assert time.monotonic() - start < 3.0
+    assert time.monotonic() - start < 10.0
 
 
 def test_deadline_covers_fix_attempts(llm_server, make):
-    llm_server.push(Reply(MISSING, delay=0.35), Reply(MISSING, delay=0.35), Reply(GOOD, delay=0.35))
-    error = failure(make(timeout=2.0, deadline=0.6, fix_attempts=5))
-    assert error.reason.startswith("LLM deadline of 0.6 s exceeded")
+    # the first answer (it does not apply) comes at once; the fix attempt hangs: the proposal's
+    # deadline, not the request timeout (20 s), cuts it
+    llm_server.push(Reply(MISSING), Reply(MISSING, delay=HANG), Reply(GOOD))
+    start = time.monotonic()
+    error = failure(make(timeout=20.0, deadline=2.5, fix_attempts=5))
+    assert error.reason.startswith("LLM deadline of 2.5 s exceeded")
+    assert time.monotonic() - start < 10.0
+    assert len(llm_server.requests) == 2  # the fix attempt was sent, and nothing after it
     assert "DEPTH = 5" in error.artifacts["response"]  # the answer that came back is kept
 
 

@@ -192,7 +192,7 @@ print(f"score: {{-abs(X - 3)}}")
     assert len(pids_of(pidfile)) == 4  # three runs and the one retried
     killed = next(t for t in ts if t.user_attrs["index"] == 0)  # the baseline runs first, alone
     assert "attempt 1 lost (ray worker died" in Path(killed.user_attrs["log"]).read_text()
-    wait_for(lambda: not alive(run), timeout=10)  # the orphaned run was killed by the watchdog
+    wait_for(lambda: not alive(run), timeout=30)  # the orphaned run was killed by the watchdog
 
 
 def test_sigterm_stops_a_ray_search_cleanly(cluster: str, make_repo, tmp_path: Path) -> None:
@@ -219,7 +219,7 @@ time.sleep(60)
         proc.kill()
     assert proc.returncode == 130 and "interrupted" in out, out
     for pid in (run, child):
-        wait_for(lambda: not alive(pid), timeout=10)
+        wait_for(lambda: not alive(pid), timeout=30)
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in trials(tmp_path / "evo.db"))
 
 
@@ -245,16 +245,18 @@ def test_cancel_all_kills_the_run_and_its_children(cluster: str, make_repo, tmp_
         # asked to stop: the run is killed, its log is kept (and was streamed while it ran)
         j = job(repo, tmp_path)
         ex.submit(j)
-        wait_for(lambda: pids_of(pidfile))
-        wait_for(lambda: ex.wait(0.1) == [] and "started" in j.log_path.read_text(), timeout=10)  # streamed
+        worker = wait_for(lambda: pids_of(pidfile))[0][0]
+        wait_for(lambda: ex.wait(0.1) == [] and "started" in j.log_path.read_text(), timeout=30)  # streamed
         t0 = time.monotonic()
-        ex.cancel_all()
-        assert time.monotonic() - t0 < 8
+        ex.cancel_all()  # asks first; forces (kills the Ray worker) only after its 10 s grace
+        assert time.monotonic() - t0 < 60, "cancel_all hung"
+        # the polite path did it: the run stopped inside the grace, so its Ray worker was not killed
+        assert alive(worker), "cancel_all had to kill the Ray worker: the run ignored the request to stop"
         (done,) = ex.wait(0.1)
         assert done.result.outcome == "interrupted" and done.job is j, done.result.reason
         assert "started" in j.log_path.read_text()
         for pid in pids_of(pidfile)[0][1:]:
-            wait_for(lambda: not alive(pid), timeout=5)
+            wait_for(lambda: not alive(pid), timeout=30)
         # forced at once (grace 0): the worker is killed, the watchdog kills the run it leaves behind
         j2 = job(repo, tmp_path, index=1)
         ex.submit(j2)
@@ -263,7 +265,7 @@ def test_cancel_all_kills_the_run_and_its_children(cluster: str, make_repo, tmp_
         (done,) = ex.wait(0.1)
         assert done.result.outcome == "interrupted" and ex.busy() == 0
         for pid in pids_of(pidfile)[1]:  # the worker, the run and the run's child
-            wait_for(lambda: not alive(pid), timeout=10)
+            wait_for(lambda: not alive(pid), timeout=30)
     finally:
         ex.shutdown()
         for line in pids_of(pidfile):
@@ -285,7 +287,7 @@ def test_a_killed_worker_without_retries_is_a_crashed_run(cluster: str, make_rep
         assert done.result.outcome == "crashed"
         assert done.result.reason.startswith("ray worker died: WorkerCrashedError"), done.result.reason
         for pid in (run, child):
-            wait_for(lambda: not alive(pid), timeout=10)
+            wait_for(lambda: not alive(pid), timeout=30)
     finally:
         ex.shutdown()
 
