@@ -1,6 +1,6 @@
-"""The inspection commands: studies, trials, best, show, lineage, mainline, compare, report, plot, dashboard.
+"""The inspection commands: studies, trials, best, show, lineage, mainline, compare, report, clean, plot, dashboard.
 
-Each reads the storage (and the study's git repository) and never writes. Problems (an empty
+Each reads the storage (and the study's git repository) and never writes, except `clean`. Problems (an empty
 storage, a missing study or trial) are EvoErrors: one line, exit code 2. This module imports
 only argparse at import time: `evo.cli` loads it for every command.
 """
@@ -129,6 +129,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    help="comparison: the confirmed mainline value (default) or the best single run")
     _storage(p)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("clean", help="remove a study: its git refs, logs, artifacts and archive",
+                       description="Remove everything a study left: its refs (refs/heads/evo/STUDY/...) in the "
+                                   "repository, its logs and artifacts under the results folder, its lock file and its "
+                                   "study in the storage. Refuses while a search of the study runs (exit 3) and when one "
+                                   "of its branches is checked out. HEAD, the index and the working tree are not touched.")
+    p.add_argument("study")
+    p.add_argument("--keep-mainline", action="store_true",
+                   help="keep the mainline branch evo/STUDY/main (default: remove it too)")
+    p.add_argument("--dry-run", "-n", action="store_true", help="only say what would be removed (default: remove it)")
+    p.add_argument("--yes", "-y", action="store_true",
+                   help="do not ask for confirmation (default: ask when stdin is a terminal)")
+    _storage(p)
+    p.set_defaults(func=cmd_clean)
 
     p = sub.add_parser("plot", help="PNG: history, outcomes, fitness per generation",
                        description="One PNG: optimisation history (every value, best-so-far and the mainline), "
@@ -733,6 +747,63 @@ def cmd_report(args: argparse.Namespace) -> int:
          f"open it in a browser")
     for n in dict.fromkeys(notes):
         _out(f"note: {n}")
+    return 0
+
+
+# -- clean -----------------------------------------------------------------------------------------
+def _short(ref: str) -> str:
+    return ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else ref
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from evo.archive import mask_url
+    from evo.inspect.api import missing_study, open_existing, resolve_storage
+    from evo.inspect.clean import clean, plan
+
+    url = resolve_storage(args.storage)
+    st = open_existing(url)
+    names = sorted(s.study_name for s in st.get_all_studies())
+    if args.study not in names:
+        raise missing_study(args.study, url, names)
+
+    def describe(p: Any) -> list[str]:
+        refs = sorted(p.refs)
+        shown = ", ".join(_short(r) for r in refs[:3]) + (f", ... ({len(refs)} in all)" if len(refs) > 3 else "")
+        lines = [f"  archive    study '{p.study}' ({p.trials} trials) in {mask_url(p.url)}"]
+        if p.repo is not None:
+            lines.append(f"  refs       {len(refs)} in {p.repo.path}" + (f": {shown}" if refs else ""))
+        lines += [f"  folder     {f}" for f in p.folders]
+        lines += [f"  kept       {_short(r)} at {sha[:10]}" for r, sha in sorted(p.kept.items())]
+        return lines
+
+    if args.dry_run:
+        p = plan(st, url, args.study, args.keep_mainline)
+        _out(f"evo clean {args.study} would remove:")
+        for line in describe(p):
+            _out(line)
+        for n in p.notes:
+            _out(f"note: {n}")
+        return 0
+    if not args.yes and sys.stdin.isatty():
+        p = plan(st, url, args.study, args.keep_mainline)
+        _out(f"evo clean {args.study} will remove:")
+        for line in describe(p):
+            _out(line)
+        try:
+            answer = input("remove them? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            _out("nothing removed")
+            return 1
+    p = clean(st, url, args.study, args.keep_mainline)
+    _out(f"removed study '{args.study}':")
+    for line in describe(p):
+        _out(line)
+    for n in p.notes:
+        _out(f"note: {n}")
+    if p.refs:
+        _out(f"the commits stay in {p.repo.path}'s object store until git gc drops them (unreachable now)")
     return 0
 
 
