@@ -126,35 +126,54 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from importlib.metadata import PackageNotFoundError, version
+
     p = argparse.ArgumentParser(prog="evo", description="Evolutionary search over git branches, with an Optuna archive.")
+    try:
+        installed = version("evo-search")  # the distribution's name ('evo' on PyPI is another project)
+    except PackageNotFoundError:
+        installed = "unknown (evo-search is not installed: pip install -e .)"
+    p.add_argument("--version", action="version", version=f"evo {installed}", help="print evo's version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("search", help="run (or resume) a search", description="Run or resume a study: flags override the config's keys.")
+    s = sub.add_parser("search", help="run (or resume) a search", description="Run or resume a study. Each flag overrides one key of the config file; without the flag "
+                                   "the config's value applies, else evo's built-in default (named below).")
     s.add_argument("--config", "-c", type=Path, help=f"TOML config (default: {DEFAULT_CONFIG})")
-    s.add_argument("--study", help="[study] name")
-    s.add_argument("--storage", help="[study] storage: an Optuna storage URL")
-    s.add_argument("--strategy", choices=("population", "greedy", "random"))
-    s.add_argument("--population", type=int)
-    s.add_argument("--generations", type=int)
-    s.add_argument("--workers", type=int)
-    s.add_argument("--seed", type=int)
-    s.add_argument("--mutation", choices=("constants", "llm", "agent"))
-    s.add_argument("--no-sprt", action="store_true", help="turn off both sequential tests (single-run promotion)")
-    s.add_argument("--executor", choices=("local", "ray"))
-    s.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray instance)")
+    s.add_argument("--study", metavar="NAME", help="[study] name: names the git refs evo/NAME/... and the archive study "
+                                                 "(default: the config's, else the config file's stem)")
+    s.add_argument("--storage", metavar="URL", help="[study] storage: an Optuna storage URL (default: the config's, else "
+                                                   "$EVO_STORAGE, else sqlite:///<results>/evo.db)")
+    s.add_argument("--strategy", choices=("population", "greedy", "random"),
+                   help="[search] strategy: how parents are picked (default: the config's, else population)")
+    s.add_argument("--population", type=int, metavar="N", help="[search] population: individuals per generation "
+                                                              "(population and random strategies; default: the config's, else 8)")
+    s.add_argument("--generations", type=int, metavar="N",
+                   help="[search] generations: the budget; greedy makes N children, population and random N generations "
+                        "of --population children (default: the config's, else 40)")
+    s.add_argument("--workers", type=int, metavar="N", help="[search] workers: runs at the same time (default: the config's, else 1)")
+    s.add_argument("--seed", type=int, metavar="N", help="[study] seed: the proposals' random seed and the first EVO_SEED "
+                                                        "(default: the config's, else 0)")
+    s.add_argument("--mutation", choices=("constants", "llm", "agent"),
+                   help="[operators] mutation: who proposes a child's change (default: the config's, else constants)")
+    s.add_argument("--no-sprt", action="store_true", help="turn off both sequential tests: promote on a single better run "
+                                                          "and never stop a run early (default: the config's [sprt] enabled, else on)")
+    s.add_argument("--executor", choices=("local", "ray"), help="[executor] kind: where runs execute (default: the config's, else local)")
+    s.add_argument("--ray-address", metavar="ADDR", help="[executor] ray_address: a Ray cluster (default: the config's, else "
+                                                        "start a local Ray instance)")
     s.set_defaults(func=cmd_search)
 
     pr = sub.add_parser("promote", help="promote a trial's commit to the mainline or a branch by hand")
     pr.add_argument("study")
     pr.add_argument("--trial", type=int, help="trial number (default: the best accepted candidate)")
-    pr.add_argument("--to", help="branch to advance (default: the study's mainline)")
-    pr.add_argument("--storage")
+    pr.add_argument("--to", metavar="BRANCH", help="branch to advance (default: the study's mainline)")
+    pr.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $EVO_STORAGE, else ./results/evo.db)")
     pr.set_defaults(func=cmd_promote)
 
     b = sub.add_parser("bench", help="benchmarks: engine overhead, utilisation, search quality, SPRT")
-    b.add_argument("--quick", action="store_true", help="the CI-sized run (under 2 minutes)")
-    b.add_argument("--out", type=Path, default=Path("results/bench"), help="folder for JSON and PNG")
-    b.add_argument("--only", action="append", help="run only these parts (overhead, utilisation, quality, sprt, model)")
+    b.add_argument("--quick", action="store_true", help="the CI-sized run, under 2 minutes (default: the full run)")
+    b.add_argument("--out", type=Path, default=Path("results/bench"), help="folder for JSON and PNG (default: results/bench)")
+    b.add_argument("--only", action="append", help="run only these parts: overhead, utilisation, quality, sprt, model; "
+                                                   "repeat for several (default: all)")
     b.set_defaults(func=cmd_bench)
 
     try:

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ import pytest
 
 from evo import cli
 from evo.inspect.html import batch_diffs
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TARGET = '''\
 import os
@@ -334,3 +337,137 @@ def test_report_errors_are_one_line(lab: Lab, capsys: pytest.CaptureFixture[str]
         rc = cli.main([*argv, "--storage", lab.url])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and len(err.splitlines()) == 1 and want in err, (argv, err)
+
+
+# -- the command line's own help, version and defaults ------------------------------------------------
+def test_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+
+    proc = subprocess.run([sys.executable, "-m", "evo", "--version"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0 and proc.stdout.strip() == f"evo {version('evo-search')}", proc
+
+
+def test_every_flag_of_search_and_the_inspection_commands_states_its_default() -> None:
+    import argparse
+
+    p = cli.parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    commands = ["search", "studies", "trials", "best", "show", "lineage", "mainline", "compare", "report", "clean", "plot", "dashboard"]
+    assert set(commands) <= set(sub.choices)
+    missing = []
+    for name in commands:
+        for a in sub.choices[name]._actions:
+            if not a.option_strings or isinstance(a, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            if not a.help or "default" not in a.help:
+                missing.append(f"evo {name} {a.option_strings[0]}")
+    assert not missing, missing
+    search = sub.choices["search"].format_help()
+    for flag, default in (("--strategy", "population"), ("--population", "8"), ("--generations", "40"), ("--workers", "1")):
+        assert re.search(rf"{flag}.*?else {default}\)", " ".join(search.split())), flag
+
+
+def test_lineage_and_members_print_readably(lab: Lab) -> None:
+    import evo as evo_pkg
+    from evo.inspect.api import TreeNode
+
+    s = evo_pkg.load_study("pop-s1", lab.url)
+    tree = s.lineage()
+    text = repr(tree)
+    lines = text.splitlines()
+    n = len(s.members())
+    assert lines[0] == f"<TreeNode #0: {n} node(s)>" and len(lines) == 1 + n
+    assert lines[1].startswith("#0  g0  baseline  ")
+    shots = screening(lab.study("pop-s1"))
+    cross = next(i for i, t in shots.items() if len(t.user_attrs.get("parent_indices", [])) == 2)
+    other = shots[cross].user_attrs["parent_indices"][1]
+    assert any(f"#{cross}  g" in ln and f"crossover x #{other}" in ln for ln in lines), text
+    for i in (p["index"] for p in lab.study("pop-s1").user_attrs["promotions"]):
+        assert any(f"* #{i}  " in ln for ln in lines)  # promoted, marked
+    assert str(tree) == "\n".join(lines[1:])
+    old = TreeNode.REPR_LINES
+    TreeNode.REPR_LINES = 2
+    try:
+        short = repr(tree).splitlines()
+    finally:
+        TreeNode.REPR_LINES = old
+    assert len(short) == 4 and short[-1].startswith(f"... {n - 2} more node(s)")
+    m = s.member(cross)
+    assert repr(m).startswith(f"<Member #{cross}  g") and repr(m).endswith("(1 run)>") and "FrozenTrial" not in repr(m)
+
+
+def test_compare_defaults_to_the_confirmed_mainline(lab: Lab) -> None:
+    default = json.loads(lab.evo("compare", "sprt", "pop-*", "-f", "json", "--storage", lab.url))
+    best = json.loads(lab.evo("compare", "sprt", "pop-*", "-f", "json", "--value", "best", "--storage", lab.url))
+    assert default["value"] == "mainline" and best["value"] == "best"
+    for name in STUDIES:
+        st = lab.study(name)
+        promotions = st.user_attrs.get("promotions", [])
+        main = promotions[-1]["value"] if promotions else screening(st)[0].value
+        assert next(r for r in default["studies"] if r["study"] == name)["final"] == pytest.approx(main)
+        top = max(t.value for t in screening(st).values() if t.value is not None)
+        assert next(r for r in best["studies"] if r["study"] == name)["final"] == pytest.approx(top)
+    # the SPRT study's best single run was never confirmed: the two views differ there
+    finals = {r["study"]: r["final"] for r in default["studies"]}
+    assert finals["sprt"] < next(r["final"] for r in best["studies"] if r["study"] == "sprt")
+    text = lab.evo("compare", "sprt", "pop-*", "--storage", lab.url)
+    assert "final mainline (promoted) value" in text.splitlines()[0]
+
+
+def test_dashboard_hint_names_the_extra(lab: Lab, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import fails as if not installed
+    capsys.readouterr()
+    rc = cli.main(["dashboard", "--storage", lab.url])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pip install 'evo-search[dashboard]'" in err, err
+
+
+def test_the_dashboard_is_read_only_by_default(lab: Lab, tmp_path: Path) -> None:
+    pytest.importorskip("optuna_dashboard")
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    from evo.inspect.api import ReadOnlyError, ReadOnlyStorage
+
+    ro = ReadOnlyStorage(optuna.storages.RDBStorage(lab.url))
+    assert sorted(s.study_name for s in ro.get_all_studies()) == sorted(STUDIES)
+    sid = ro.get_study_id_from_name("sprt")
+    assert len(ro.get_all_trials(sid)) == len(lab.study("sprt").trials)
+    with pytest.raises(ReadOnlyError, match="evo clean"):
+        ro.delete_study(sid)
+    with pytest.raises(ReadOnlyError):
+        ro.set_study_user_attr(sid, "x", 1)
+    # a real server: the delete button's request fails and the study stays
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "evo", "dashboard", "--port", str(port), "--storage", lab.url],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline, studies = time.time() + 30, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as resp:
+                    studies = json.loads(resp.read())["study_summaries"]
+                    break
+            except OSError:
+                time.sleep(0.25)
+        assert studies, proc.poll()
+        target = next(s for s in studies if s["study_name"] == "pop-s2")
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/studies/{target['study_id']}", method="DELETE",
+                                     data=b"{}", headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code >= 400
+    finally:
+        proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert "read-only" in out.splitlines()[0]
+    assert "pop-s2" in optuna.get_all_study_names(lab.url)

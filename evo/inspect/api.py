@@ -62,6 +62,56 @@ def open_existing(url: str) -> BaseStorage:
     return open_storage(url)
 
 
+class ReadOnlyError(RuntimeError):
+    """A write through a ReadOnlyStorage (e.g. optuna-dashboard's delete button)."""
+
+
+_WRITES = ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "create_new_trial",
+           "set_trial_param", "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
+           "set_trial_system_attr")
+
+
+class ReadOnlyStorage(BaseStorage):
+    """An Optuna storage that reads through to another and refuses every write.
+
+    `evo dashboard` serves this by default: a study deleted from the dashboard would leave its
+    git refs, logs and artifacts behind (`evo clean` removes all of them), and evo's archive is
+    written by `evo search` alone."""
+
+    def __init__(self, inner: BaseStorage) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:  # whatever else the inner storage offers (remove_session, ...)
+        return getattr(self._inner, name)
+
+    def _refuse(self, name: str) -> None:
+        raise ReadOnlyError(f"read-only storage: {name} refused (evo clean removes a study with its refs, logs and "
+                            "artifacts; evo dashboard --writable allows writes)")
+
+
+def _reader(name: str) -> Any:
+    def read(self: ReadOnlyStorage, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self._inner, name)(*args, **kwargs)
+
+    read.__name__ = name
+    return read
+
+
+def _writer(name: str) -> Any:
+    def write(self: ReadOnlyStorage, *args: Any, **kwargs: Any) -> Any:
+        self._refuse(name)
+
+    write.__name__ = name
+    return write
+
+
+for _name in sorted(BaseStorage.__abstractmethods__) + ["get_best_trial", "get_n_trials", "get_trial_id_from_study_id_trial_number",
+                                                         "get_trial_number_from_id", "get_trial_param", "get_trial_params",
+                                                         "get_trial_user_attrs", "get_trial_system_attrs"]:
+    setattr(ReadOnlyStorage, _name, _writer(_name) if _name in _WRITES else _reader(_name))
+ReadOnlyStorage.__abstractmethods__ = frozenset()
+
+
 def study_names(storage: str | BaseStorage | None = None) -> list[str]:
     """The names of every study in the storage, sorted."""
     st = storage if isinstance(storage, BaseStorage) else open_existing(resolve_storage(storage))
@@ -109,7 +159,7 @@ def mean_sd(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-@dataclass
+@dataclass(repr=False)
 class Member:
     """One individual (an index): its screening run and every other run (replicates, confirmations)."""
 
@@ -166,6 +216,26 @@ class Member:
         t = self.screening
         return t.value if t is not None and t.state == TrialState.COMPLETE else None
 
+    def label(self) -> str:
+        """One line: index, generation, operator (with a crossover's other parents), value or outcome,
+        decision, description."""
+        op = self.operator or "-"
+        if len(self.parent_indices) > 1:
+            op += " x " + ", ".join(f"#{p}" for p in self.parent_indices[1:])
+        value = self.value
+        val = f"{value:.6g}" if value is not None and self.outcome in ("complete", "duplicate") else (self.outcome or "?").upper()
+        parts = [("* " if self.promoted and self.index > 0 else "") + f"#{self.index}", f"g{self.generation}", op, val]
+        d = self.decision.get("decision", "")
+        if self.index > 0 and d and d != "untested":
+            parts.append(f"[{d}]")
+        desc = " ".join(self.description.split()) if self.index > 0 else ""
+        if desc:
+            parts.append(desc if len(desc) <= 60 else desc[:57] + "...")
+        return "  ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"<Member {self.label()} ({len(self.runs)} run{'s' if len(self.runs) != 1 else ''})>"
+
     def seed_values(self) -> dict[int, float]:
         """seed -> metric, over the runs that completed (duplicates excluded)."""
         out: dict[int, float] = {}
@@ -182,6 +252,25 @@ class TreeNode:
     member: Member
     branches: list[TreeNode] = field(default_factory=list)
     repeat: bool = False  # shown already higher up in this tree (a shared ancestor)
+
+    REPR_LINES = 40  # repr() shows this many nodes; str() / render() the whole tree
+
+    def render(self, limit: int | None = None) -> str:
+        """The tree as text, like `evo lineage` (ASCII; '*' = promoted), at most `limit` nodes."""
+        from evo.inspect.tables import tree
+
+        total = sum(1 for _ in self.walk())
+        text = tree(self, lambda n: f"#{n.member.index} (see above)" if n.repeat else n.member.label(), fancy=False)
+        if limit is not None and total > limit:
+            text = "\n".join(text.splitlines()[:limit]) + f"\n... {total - limit} more node(s); print(node) or node.render() shows all"
+        return text
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __repr__(self) -> str:
+        n = sum(1 for _ in self.walk())
+        return f"<TreeNode #{self.member.index}: {n} node(s)>\n" + self.render(self.REPR_LINES)
 
     def walk(self) -> Iterator[tuple[int, TreeNode]]:
         """(depth, node), depth first, in display order."""

@@ -45,15 +45,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     p = sub.add_parser("trials", help="list a study's trials (runs)", description="A study's trials (one per run), filtered.")
     p.add_argument("study")
-    p.add_argument("--state", type=str.upper, choices=STATES, help="only trials in this state")
-    p.add_argument("--operator", help="only this operator (a glob: 'crossover*')")
-    p.add_argument("--generation", type=int, help="only this generation")
-    p.add_argument("--role", type=str.lower, choices=ROLES, help="only this role")
-    p.add_argument("--outcome", help="only this outcome (complete, crashed, timeout, pruned, duplicate, ...)")
-    p.add_argument("--index", type=int, help="only the runs of this individual")
+    p.add_argument("--state", type=str.upper, choices=STATES, help="only trials in this state, any case (default: all)")
+    p.add_argument("--operator", metavar="GLOB", help="only these operators, a glob: 'crossover*' (default: all)")
+    p.add_argument("--generation", type=int, metavar="G", help="only this generation (default: all)")
+    p.add_argument("--role", type=str.lower, choices=ROLES, help="only this role (default: all)")
+    p.add_argument("--outcome", help="only this outcome: complete, crashed, timeout, pruned, duplicate, ... (default: all)")
+    p.add_argument("--index", type=int, metavar="I", help="only the runs of this individual (default: all)")
     p.add_argument("--sort", choices=("number", "recent", "value", "seconds"), default="number",
                    help="order: trial number (default), newest first, best value first, longest first")
-    p.add_argument("--limit", type=int, help="show at most N trials (after filters and sort)")
+    p.add_argument("--limit", type=int, metavar="N", help="show at most N trials, after filters and sort (default: no limit)")
     _format(p)
     _storage(p)
     p.set_defaults(func=cmd_trials)
@@ -71,10 +71,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                                    "SPRT traces, prompt and response, token usage and the log's tail.")
     p.add_argument("study")
     p.add_argument("trial", type=int, help="trial number (with --index: an individual's index)")
-    p.add_argument("--index", action="store_true", help="TRIAL is an individual's index: show its screening run")
+    p.add_argument("--index", action="store_true", help="TRIAL is an individual's index: show its screening run (default: a trial number)")
     p.add_argument("--lines", type=int, default=30, help="log lines to show (default 30)")
-    p.add_argument("--full", action="store_true", help="do not shorten diffs, prompts and responses")
-    p.add_argument("--no-diff", action="store_true", help="leave the diff out")
+    p.add_argument("--full", action="store_true", help="do not shorten diffs, prompts and responses (default: diffs to 240 lines, prompts and responses to 80)")
+    p.add_argument("--no-diff", action="store_true", help="leave the diff out (default: show it)")
     _storage(p)
     p.set_defaults(func=cmd_show)
 
@@ -82,9 +82,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                        description="With TRIAL: its ancestors up to the baseline (a crossover has two branches). "
                                    "Without: the whole tree from the baseline, each child under its first parent.")
     p.add_argument("study")
-    p.add_argument("trial", type=int, nargs="?", help="trial number (with --index: an individual's index)")
-    p.add_argument("--index", action="store_true", help="TRIAL is an individual's index")
-    p.add_argument("--best", action="store_true", help="the ancestry of the mainline's best")
+    p.add_argument("trial", type=int, nargs="?", help="trial number, with --index an individual's index (default: the whole tree)")
+    p.add_argument("--index", action="store_true", help="TRIAL is an individual's index (default: a trial number)")
+    p.add_argument("--best", action="store_true", help="the ancestry of the mainline's best (default: off)")
     _storage(p)
     p.set_defaults(func=cmd_lineage)
 
@@ -102,12 +102,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                                    "group and Mann-Whitney U tests between groups.")
     p.add_argument("studies", nargs="*", metavar="STUDY", help="study names or globs (default: every study)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--group", metavar="REGEX", help="group by a regex on the name (its first group, else the match)")
+    g.add_argument("--group", metavar="REGEX", help="group by a regex on the name: its first group, else the match (default: group --by)")
     g.add_argument("--by", default="strategy", metavar="ATTR",
                    help="group by a study attr: strategy (default), name, seed, or a dotted path like config.search.population")
-    p.add_argument("--value", choices=("best", "mainline"), default="best",
-                   help="compare the best screening value (default) or the promoted mainline value")
-    p.add_argument("-o", "--output", metavar="PATH", help="also write a PNG here")
+    p.add_argument("--value", choices=("mainline", "best"), default="mainline",
+                   help="compare the promoted (confirmed) mainline value (default) or, with 'best', the best single "
+                        "screening run (unconfirmed: may be a lucky seed)")
+    p.add_argument("-o", "--output", metavar="PATH", help="also write a PNG here (default: no PNG)")
     _format(p, ("table", "json"))
     _storage(p)
     p.set_defaults(func=cmd_compare)
@@ -153,9 +154,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("dashboard", help="serve optuna-dashboard for the storage",
-                       description="Run optuna-dashboard on the storage (needs: pip install optuna-dashboard).")
+                       description="Run optuna-dashboard on the storage, read-only unless --writable (needs the "
+                                   "dashboard extra: pip install 'evo-search[dashboard]').")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--writable", action="store_true",
+                   help="let the dashboard write: delete studies, edit notes (default: read-only; a study deleted there "
+                        "keeps its git refs, logs and artifacts, which 'evo clean' removes)")
     _storage(p)
     p.set_defaults(func=cmd_dashboard)
 
@@ -823,21 +828,23 @@ def cmd_plot(args: argparse.Namespace) -> int:
 # -- dashboard -------------------------------------------------------------------------------------
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from evo.archive import mask_url
-    from evo.inspect.api import missing_study, open_existing, resolve_storage
+    from evo.inspect.api import ReadOnlyStorage, missing_study, open_existing, resolve_storage
 
     try:
         from optuna_dashboard import run_server
     except ImportError:
-        raise EvoError("optuna-dashboard is not installed: pip install optuna-dashboard") from None
+        raise EvoError("optuna-dashboard is not installed: pip install 'evo-search[dashboard]' (the dashboard extra), "
+                       "or pip install optuna-dashboard") from None
     url = resolve_storage(args.storage)
     st = open_existing(url)
     if not st.get_all_studies():
         raise missing_study("", url, [])
     if not 0 <= args.port <= 65535:
         raise EvoError(f"--port {args.port}: not a port number")
-    print(f"optuna-dashboard for {mask_url(url)} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    mode = "writable" if args.writable else "read-only (--writable allows deletes and notes)"
+    print(f"optuna-dashboard for {mask_url(url)} on http://{args.host}:{args.port}/, {mode} (Ctrl-C stops it)", flush=True)
     try:
-        run_server(st, host=args.host, port=args.port)
+        run_server(st if args.writable else ReadOnlyStorage(st), host=args.host, port=args.port)
     except OSError as e:
         raise EvoError(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}") from None
     except KeyboardInterrupt:

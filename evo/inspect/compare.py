@@ -47,7 +47,7 @@ def t_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[flo
     return mean - half, mean + half
 
 
-def compare(studies: list[EvoStudy], group: str | None = None, by: str = "strategy", value: str = "best") -> dict[str, Any]:
+def compare(studies: list[EvoStudy], group: str | None = None, by: str = "strategy", value: str = "mainline") -> dict[str, Any]:
     """Rows per study, stats per group, pairwise tests, and each study's curve.
 
     value: "best" = the best screening value so far; "mainline" = the promoted (confirmed) value.

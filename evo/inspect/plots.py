@@ -181,14 +181,16 @@ def plot_compare(result: dict[str, Any], path: str | Path) -> Path:
     for i, g in enumerate(result["groups"]):
         vals = g["values"]
         ax_f.scatter([i + rng.uniform(-0.12, 0.12) for _ in vals], vals, color=color[g["group"]], s=25, zorder=3)
-        if g["mean"] is not None:
+        if g["mean"] is not None and g["n"] >= 2:  # the mean with its interval (black), beside the studies' dots
             lo, hi = g["ci_low"], g["ci_high"]
             err = [[g["mean"] - lo], [hi - g["mean"]]] if lo is not None else None
             ax_f.errorbar([i + 0.3], [g["mean"]], yerr=err, fmt="o", color="black", capsize=5, zorder=4)
+        elif vals:  # one study: its dot is all there is; say why there is no interval
+            ax_f.annotate("one study:\nno interval", (i, vals[0]), xytext=(8, -4), textcoords="offset points", fontsize=7, color="#555555")
     ax_f.set_xticks(range(len(groups)))
     ax_f.set_xticklabels([f"{g['group']}\n(n={g['n']})" for g in result["groups"]], fontsize=8)
     ax_f.set_xlim(-0.6, len(groups) - 0.4)
-    title = f"final value per group (mean, {int(result['confidence'] * 100)}% t CI)"
+    title = f"final value per study (dots); group mean, {int(result['confidence'] * 100)}% t CI (black)"
     if result["tests"]:
         t = min(result["tests"], key=lambda t: t["p"])
         title += f"\nMann-Whitney {t['a']} vs {t['b']}: p = {t['p']:.3g}"
