@@ -24,12 +24,7 @@ from evo.errors import EvoError
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-# Trial user attrs written by evo (the inspection commands and docs/archive.md rely on them).
-TRIAL_ATTRS = (
-    "index", "role", "commit", "tree", "branch", "parents", "parent_indices", "operator", "description",
-    "generation", "seed", "outcome", "reason", "run_seconds", "log", "metrics", "reused_from", "sprt",
-    "usage", "artifacts", "worker", "data_fingerprint",
-)
+# Trial user attrs: docs/archive.md; written by evo.individual.candidate_attrs and evo.study.record.
 STATE_OF_OUTCOME = {
     "complete": TrialState.COMPLETE,
     "duplicate": TrialState.COMPLETE,
@@ -42,7 +37,14 @@ def mask_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+_MEMORY: dict[str, optuna.storages.BaseStorage] = {}
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """Any Optuna storage URL; `memory://NAME` is Optuna's in-memory storage, one per NAME and process
+    (what the in-process engine tests and benchmarks use: no file, no SQL)."""
+    if url.startswith("memory://"):
+        return _MEMORY.setdefault(url, optuna.storages.InMemoryStorage())
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
         if path and path != ":memory:":
@@ -60,8 +62,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 class Archive:
-    def __init__(self, storage_url: str, study_name: str, direction: str | None = None) -> None:
-        """Open the study; create it when `direction` is given and it does not exist yet."""
+    def __init__(self, storage_url: str, study_name: str, direction: str | None = None, metric: str | None = None) -> None:
+        """Open the study; create it when `direction` is given and it does not exist yet.
+
+        `metric` names the objective, so Optuna's tools (optuna-dashboard) show val_bpb, not "Objective 0"."""
         self.url = storage_url
         self.storage = open_storage(storage_url)
         try:
@@ -78,6 +82,11 @@ class Archive:
                 f"study '{study_name}' exists with direction {self.study.direction.name.lower()}, config says {direction}"
             )
         self.name = study_name
+        self._id = self.storage.get_study_id_from_name(study_name)
+        if metric and self.study.metric_names != [metric]:
+            with warnings.catch_warnings():  # experimental in Optuna, stable enough for a label
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names([metric])
 
     # -- study-level facts ------------------------------------------------------------------
     @property
@@ -91,7 +100,8 @@ class Archive:
     def trials(self, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=states)
 
-    def add(self, outcome: str, value: float | None, attrs: dict[str, Any], progress: list[tuple[float, float]] | None = None, seconds: float = 0.0) -> int:
+    def add(self, outcome: str, value: float | None, attrs: dict[str, Any], progress: list[tuple[float, float]] | None = None,
+            seconds: float = 0.0, params: dict[str, float] | None = None) -> int:
         """One finished trial, written in a single transaction; returns its number.
 
         Runs are recorded when they end, not when they start: a run cut short by a crash leaves
@@ -105,23 +115,16 @@ class Archive:
         state = STATE_OF_OUTCOME.get(outcome, TrialState.FAIL)
         if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
             state = TrialState.FAIL
+        params = {k: v for k, v in (params or {}).items() if math.isfinite(v)}
         trial = optuna.trial.create_trial(
             state=state, value=value if state == TrialState.COMPLETE else None,
             user_attrs={**attrs, "outcome": outcome}, intermediate_values=intermediate,
+            params=params, distributions={k: optuna.distributions.FloatDistribution(v, v) for k, v in params.items()},
         )
         if seconds > 0 and trial.datetime_complete is not None:
             trial.datetime_start = trial.datetime_complete - datetime.timedelta(seconds=seconds)
-        trial_id = self.storage.create_new_trial(self.study._study_id, template_trial=trial)
+        trial_id = self.storage.create_new_trial(self._id, template_trial=trial)
         return self.storage.get_trial_number_from_id(trial_id)
-
-    def recover(self) -> list[FrozenTrial]:
-        """Mark trials left RUNNING by a crash as FAIL (outcome 'interrupted'); return them."""
-        stale = self.trials(states=(TrialState.RUNNING,))
-        for t in stale:
-            self.storage.set_trial_user_attr(t._trial_id, "outcome", "interrupted")
-            self.storage.set_trial_user_attr(t._trial_id, "reason", "evo stopped before the run finished; re-run on resume")
-            self.storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        return stale
 
 
 def list_studies(storage_url: str) -> list[optuna.study.StudySummary]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,73 +10,9 @@ from typing import Any
 from evo import config as config_mod
 from evo.config import Config
 from evo.errors import EvoError
+from evo.wiring import absolute_storage, build_executor, build_operators, default_storage
 
 DEFAULT_CONFIG = Path("configs/default.toml")
-
-
-def build_operators(cfg: Config) -> tuple[Any, Any]:
-    """The mutation and the conflict resolver; LLM ones share one client (and one token budget)."""
-    client = None
-    if "llm" in (cfg.operators.mutation, cfg.operators.conflict):
-        from operators.llm import LLMClient, LLMSettings
-
-        l = cfg.llm  # noqa: E741
-        try:
-            client = LLMClient(LLMSettings(
-                base_url=l.base_url, model=l.model, api_key_env=l.api_key_env, temperature=l.temperature,
-                max_tokens=l.max_tokens, timeout=l.timeout, deadline=l.deadline, retries=l.retries,
-                fix_attempts=l.fix_attempts, token_budget=l.token_budget or None,
-            ))
-        except ValueError as e:
-            raise EvoError(f"{cfg.source}: [llm] {e}") from None
-    kind = cfg.operators.mutation
-    if kind == "llm":
-        from operators.llm import LLMMutation
-
-        mutation: Any = LLMMutation(client)
-    elif kind == "agent":
-        from evo.study import python_command
-        from operators.agent import AgentMutation, AgentSettings
-
-        a = cfg.agent
-        mutation = AgentMutation(AgentSettings(command=python_command(a.command), timeout=a.timeout, env_allow=a.env_allow))
-    else:
-        from operators.constants import ConstantsMutation
-
-        mutation = ConstantsMutation(max_changes=cfg.operators.max_changes, step=cfg.operators.step)
-    if cfg.operators.conflict == "llm":
-        from operators.llm import LLMResolver
-
-        resolver: Any = LLMResolver(client)
-    else:
-        from operators.crossover import FitterResolver, RandomResolver
-
-        resolver = RandomResolver() if cfg.operators.conflict == "random" else FitterResolver()
-    return mutation, resolver
-
-
-def build_executor(cfg: Config) -> Any:
-    def make(study: Any) -> Any:
-        if cfg.executor.kind == "ray":
-            from evo.executors.ray import RayExecutor
-
-            return RayExecutor(study.repo, study.template, cfg.search.workers, cfg.executor)
-        from evo.executors.local import LocalExecutor
-
-        return LocalExecutor(study.repo, study.template, cfg.search.workers)
-
-    return make
-
-
-def _abs_storage(url: str | None) -> str | None:
-    """A relative sqlite path on the command line is relative to the current directory."""
-    if url and url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
-        return f"sqlite:///{Path(url[len('sqlite:///'):]).resolve()}"
-    return url
-
-
-def default_storage(arg: str | None) -> str:
-    return _abs_storage(arg) or os.environ.get("EVO_STORAGE") or f"sqlite:///{(Path(os.environ.get('EVO_RESULTS', 'results')) / 'evo.db').resolve()}"
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -87,7 +22,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise EvoError(f"no --config given and {DEFAULT_CONFIG} not found in {Path.cwd()}")
         path = DEFAULT_CONFIG
     overrides = {
-        "study": {"name": args.study, "storage": _abs_storage(args.storage), "seed": args.seed},
+        "study": {"name": args.study, "storage": absolute_storage(args.storage), "seed": args.seed},
         "search": {"strategy": args.strategy, "population": args.population, "generations": args.generations, "workers": args.workers},
         "sprt": {"enabled": False if args.no_sprt else None},
         "operators": {"mutation": args.mutation},
@@ -106,7 +41,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from evo.archive import Archive
     from evo.gitrepo import GitRepo
     from evo.lock import study_lock
-    from evo.promote import promote_by_hand
+    from evo.mainline import promote_by_hand
 
     storage = default_storage(args.storage)
     lock: Any = nullcontext()

@@ -70,6 +70,7 @@ class OperatorsConfig:
     max_changes: int = 2  # constants operator: at most this many literals per child
     step: float = 0.5  # constants operator: std of the log-scale step for positive floats
     program: str = ""  # research directions for LLM/agent prompts (e.g. model/program.md)
+    duplicate_retries: int = 3  # a child whose code already exists is proposed again this many times
 
 
 @dataclass(frozen=True)
@@ -233,16 +234,26 @@ def _coerce(source: str, sec: str, key: str, value: Any, typ: Any) -> Any:
     raise ConfigError(f"{where}: unsupported type")  # pragma: no cover
 
 
+def default_results() -> Path:
+    """Where storage, logs and artifacts go unless the config says: $EVO_RESULTS, else ./results."""
+    return Path(os.environ.get("EVO_RESULTS", Path.cwd() / "results"))
+
+
+def default_storage_url(results: Path) -> str:
+    """The storage when none is named: $EVO_STORAGE, else an SQLite file in the results folder."""
+    return os.environ.get("EVO_STORAGE") or f"sqlite:///{(results / 'evo.db').resolve()}"
+
+
 def _finish(cfg: Config, base: Path, stem: str) -> Config:
     src = cfg.source
     st, tg, se, sp = cfg.study, cfg.target, cfg.search, cfg.sprt
     name = st.name or re.sub(r"[^A-Za-z0-9._-]+", "-", stem)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name) or ".." in name or name.endswith((".", ".lock")):
         raise ConfigError(f"{src}: [study] name = {name!r}: use letters, digits, '.', '_' and '-' (it names git refs)")
-    results = Path(st.results) if st.results else Path(os.environ.get("EVO_RESULTS", Path.cwd() / "results"))
+    results = Path(st.results) if st.results else default_results()
     if st.results and not results.is_absolute():
         results = base / results
-    storage = st.storage or os.environ.get("EVO_STORAGE", "") or f"sqlite:///{results.resolve() / 'evo.db'}"
+    storage = st.storage or default_storage_url(results)
     if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////") and st.storage:
         rel = storage[len("sqlite:///"):]
         if rel and rel != ":memory:":
@@ -279,6 +290,8 @@ def _finish(cfg: Config, base: Path, stem: str) -> Config:
     ):
         if val < lo:
             raise ConfigError(f"{src}: [search] {key} = {val}: must be >= {lo}")
+    if cfg.operators.duplicate_retries < 0:
+        raise ConfigError(f"{src}: [operators] duplicate_retries = {cfg.operators.duplicate_retries}: must be >= 0")
     for key, val in (("crossover_rate", se.crossover_rate), ("mutation_rate", se.mutation_rate), ("gate", sp.gate), ("seed_corr", sp.seed_corr)):
         if not 0.0 <= val <= 1.0:
             sec = "sprt" if key in ("gate", "seed_corr") else "search"

@@ -9,14 +9,18 @@ gives exact control over the environment and exit codes.
 from __future__ import annotations
 
 import fnmatch
+import io
 import os
 import subprocess
 import tarfile
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import git as gitpython
+from git.objects.fun import tree_entries_from_data, tree_to_stream
+from gitdb import IStream
 
 from evo.errors import GitError
 
@@ -52,6 +56,7 @@ class GitRepo:
             raise GitError(f"{p}: is inside a git repository but not its top folder ({repo.working_tree_dir})")
         self.path = p.resolve()
         self._repo = repo
+        self._odb_lock = threading.Lock()  # GitPython's cat-file process serves one request at a time
         if self.rev("HEAD", missing_ok=True) is None:
             raise GitError(f"{p}: the repository has no commits yet")
 
@@ -97,7 +102,16 @@ class GitRepo:
         return [p for p in self.ls_files(commit) if matches(p, globs)]
 
     def read(self, commit: str, path: str) -> bytes:
-        return self.git("cat-file", "blob", f"{commit}:{path}").stdout
+        """A file's bytes at a commit (or tree), through GitPython's long-lived `git cat-file --batch`:
+        no process per read, which is most of the cost of breeding on small targets."""
+        with self._odb_lock:
+            try:
+                obj = self._repo.rev_parse(commit)
+                # a bare tree id carries no path: give it the root's, as a commit's tree has
+                tree = obj.tree if obj.type == "commit" else gitpython.Tree(self._repo, obj.binsha, 0o40000, "")
+                return (tree / path).data_stream.read()
+            except (KeyError, ValueError, gitpython.BadName, gitpython.BadObject) as e:
+                raise GitError(f"{commit[:12]}:{path}: not in the repository ({type(e).__name__})") from None
 
     def read_text(self, commit: str, paths: list[str]) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -124,32 +138,46 @@ class GitRepo:
 
     # -- writing objects (never the index, worktree or HEAD) ---------------------------------
     def write_tree(self, base: str, files: dict[str, str | bytes]) -> str:
-        """A tree: base's tree (base a commit or a tree) with `files` written over it."""
-        with tempfile.TemporaryDirectory(prefix="evo-index-") as tmp:
-            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-            self.git("read-tree", base, env=env)
-            if files:
-                modes = self._modes(base, list(files))
-                lines = []
-                for path, content in files.items():
-                    data = content.encode() if isinstance(content, str) else content
-                    blob = self.out("hash-object", "-w", "--stdin", input=data)
-                    lines.append(f"{modes.get(path, '100644')} {blob}\t{path}")
-                self.git("update-index", "--add", "--index-info", input=("\n".join(lines) + "\n").encode(), env=env)
-            return self.out("write-tree", env=env)
+        """A tree: base's tree (base a commit or a tree) with `files` written over it.
+
+        Objects are written by GitPython into the object database directly (no index, no
+        process per object): breeding a child costs no `git` process for its tree."""
+        with self._odb_lock:
+            obj = self._repo.rev_parse(base)
+            root = (obj.tree if obj.type == "commit" else obj).binsha
+            data = {path: content.encode() if isinstance(content, str) else content for path, content in files.items()}
+            return self._write_subtree(root, data).hex()
+
+    def _write_subtree(self, tree: bytes | None, changes: dict[str, bytes]) -> bytes:
+        """Tree `tree` (None: empty) with `changes` (paths relative to it) written over it; returns its id."""
+        entries: dict[str, tuple[bytes, int]] = {}
+        if tree is not None:
+            raw = self._repo.odb.stream(tree).read()
+            entries = {name: (sha, mode) for sha, mode, name in tree_entries_from_data(raw)}
+        below: dict[str, dict[str, bytes]] = {}
+        for path, blob in changes.items():
+            head, _, rest = path.partition("/")
+            if rest:
+                below.setdefault(head, {})[rest] = blob
+            else:
+                mode = entries.get(head, (b"", 0o100644))[1]  # a file keeps its mode (executable, link)
+                entries[head] = (self._store(b"blob", blob), mode if mode != 0o40000 else 0o100644)
+        for head, sub in below.items():
+            old = entries.get(head)
+            entries[head] = (self._write_subtree(old[0] if old and old[1] == 0o40000 else None, sub), 0o40000)
+        # git's order: a tree sorts as if its name ended in "/"
+        ordered = sorted(((sha, mode, name) for name, (sha, mode) in entries.items()),
+                         key=lambda e: e[2].encode("utf-8", "surrogateescape") + (b"/" if e[1] == 0o40000 else b""))
+        buf = io.BytesIO()
+        tree_to_stream(ordered, buf.write)
+        return self._store(b"tree", buf.getvalue())
+
+    def _store(self, kind: bytes, data: bytes) -> bytes:
+        return self._repo.odb.store(IStream(kind, len(data), io.BytesIO(data))).binsha
 
     def commit_files(self, base: str, files: dict[str, str | bytes], message: str, parents: list[str] | None = None) -> str:
         """A new commit: base's tree with `files` replaced; parents default to [base]."""
         return self.commit_tree(self.write_tree(base, files), parents if parents is not None else [base], message)
-
-    def _modes(self, commit: str, paths: list[str]) -> dict[str, str]:
-        raw = self.git("ls-tree", "-z", commit, "--", *paths).stdout.decode(errors="surrogateescape")
-        modes = {}
-        for entry in raw.split("\0"):
-            if entry:
-                meta, path = entry.split("\t", 1)
-                modes[path] = meta.split()[0]
-        return modes
 
     def commit_tree(self, tree: str, parents: list[str], message: str) -> str:
         args = ["commit-tree", tree]

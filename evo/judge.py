@@ -1,23 +1,29 @@
 """The judge: which runs a promotion needs, and what the sequential tests say.
 
 Every individual is screened on the same seed, so a child's screening run is paired with its
-parent's and with the incumbent's (the seed offset cancels). A child whose screening difference
-promises at least `gate * delta` is re-run on further seeds, each shared with the incumbent,
-until the paired SPRT accepts, rejects, or runs out of pairs (inconclusive, never promoted).
-The maths lives in evo.sprt; this module only decides what to ask it and what to run next.
+parent's and with the incumbent's (the seed offset cancels where a change keeps it). A child
+whose screening difference promises at least `gate * delta` is re-run on further seeds, each
+shared with the incumbent, until the paired SPRT accepts, rejects, or runs out of pairs
+(inconclusive, never promoted). The screening pair chose the candidate, so it is not evidence:
+the test uses only the pairs on later seeds. The maths lives in evo.sprt; this module only
+decides what to ask it and what to run next.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from evo import sprt
 from evo.config import SprtConfig
-from evo.population import Individual
+from evo.individual import COMPLETE, Direction, Individual
 
-
-def lower_better(value: float, direction: str) -> float:
-    return value if direction == "minimize" else -value
+# 1.25 seed sigmas: the wanted gain when the config does not name one (docs/statistics.md)
+DELTA_SIGMAS = 1.25
 
 
 @dataclass
@@ -25,20 +31,30 @@ class Monitor:
     """The futility test bound to a run (travels to remote workers; keeps its trace)."""
 
     test: sprt.FutilityTest
-    direction: str
+    direction: Direction
     trace: list[tuple[float, float]] = field(default_factory=list)
 
     def __call__(self, fraction: float, value: float) -> bool:
-        decision = self.test.update(fraction, lower_better(value, self.direction))
+        decision = self.test.update(fraction, self.direction.loss(value))
         self.trace.append((round(fraction, 4), round(float(self.test.llr), 4)))
         return decision == "stop"
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """A promotion test's state after the pairs that are in, with the evidence kept on record."""
+
+    decision: str  # accept | reject | continue | inconclusive
+    n: int
+    llr: float
+    info: dict[str, Any]
+
+
 class Judge:
-    def __init__(self, cfg: SprtConfig, direction: str, seed: int) -> None:
+    def __init__(self, cfg: SprtConfig, direction: Direction, seed: int) -> None:
         self.cfg = cfg
         self.direction = direction
-        n = max(cfg.replicates, cfg.max_pairs)
+        n = max(cfg.replicates, cfg.max_pairs + 1)
         self.seeds = [seed + i for i in range(n)]  # EVO_SEED values; seeds[0] screens everyone
         self.noise: sprt.NoiseModel | None = None
         self.noiseless = False  # the replicates were identical: single-run promotion is exact
@@ -52,35 +68,46 @@ class Judge:
         return self.seeds[: self.cfg.replicates] if self.cfg.enabled else self.seeds[:1]
 
     @property
+    def confirm_seeds(self) -> list[int]:
+        """The seeds of a promotion test: never the screening seed that selected the candidate."""
+        return self.seeds[1: self.cfg.max_pairs + 1]
+
+    @property
+    def single_run_rule(self) -> str:
+        return "single run (statistics off)" if not self.cfg.enabled else "single run (deterministic target)"
+
+    @property
     def delta(self) -> float:
         if self.cfg.delta > 0:
             return self.cfg.delta
-        # 1.25 sigma: the simulation's best true gain per compute (docs/statistics.md)
-        return 1.25 * self.noise.sigma_final if self.noise is not None else float("nan")
+        return DELTA_SIGMAS * self.noise.sigma_final if self.noise is not None else float("nan")
 
     def fit(self, baseline: Individual) -> sprt.NoiseModel | None:
-        """The noise model from the baseline's replicate runs, once they are all in."""
+        """The noise model from the baseline's replicate runs, once they are all in.
+
+        Progress curves give the futility test its checkpoints; a target that prints only its
+        final metric still gets a model (its final sd), so promotion works on any target."""
         if not self.cfg.enabled:
             return None
         runs = [baseline.runs.get(s) for s in self.replicate_seeds]
         if any(r is None for r in runs):
             return None
-        good = [r for r in runs if r is not None and r.outcome == "complete" and r.value is not None]
+        good = [r for r in runs if r is not None and r.outcome == COMPLETE and r.value is not None]
         if len(good) < 2:
             return None
-        curves = [[(f, lower_better(v, self.direction)) for f, v in r.progress] for r in good]
-        finals = [lower_better(r.value, self.direction) for r in good]  # type: ignore[arg-type]
-        # the checkpoints are the fractions every replicate printed (the target's own schedule)
-        common = set.intersection(*({round(f, 4) for f, _ in c} for c in curves)) if all(curves) else set()
+        loss = self.direction.loss
+        finals = [loss(r.value) for r in good]  # type: ignore[arg-type]
         if max(finals) - min(finals) <= 1e-12 * max(1.0, abs(finals[0])):
             # identical replicates: a deterministic target has no noise to test against, so the
             # single-run rule is exact (no futility test, promote when strictly better)
             self.noiseless = True
             return None
+        curves = [[(f, loss(v)) for f, v in r.progress] for r in good]
+        common = set.intersection(*({round(f, 4) for f, _ in c} for c in curves)) if all(curves) else set()
         try:
             self.noise = sprt.fit_noise_model(curves, finals, checkpoints=sorted(common) or None)
-        except ValueError:
-            self.noise = None
+        except ValueError:  # no checkpoint every replicate printed: the finals alone
+            self.noise = final_only_model(finals)
         return self.noise
 
     def monitor(self, parent: Individual) -> Monitor | None:
@@ -88,69 +115,67 @@ class Judge:
         if not (self.cfg.enabled and self.cfg.futility and self.noise is not None and self.noise.checkpoints):
             return None
         run = parent.runs.get(self.screen_seed)
-        if run is None or run.outcome != "complete" or not run.progress:
+        if run is None or run.outcome != COMPLETE or not run.progress:
             return None
-        reference = _at(run.progress, self.noise.checkpoints, self.direction)
-        if reference is None:
+        # read exactly as the noise model and the live test read curves (sprt.values_at)
+        ref = sprt.values_at([(f, self.direction.loss(v)) for f, v in run.progress], self.noise.checkpoints)
+        if not np.all(np.isfinite(ref)):
             return None
         # delta=None: the test's gain is one between-run sd of the progress curve (its own units);
         # seed_corr: how much of the seed's effect a change is assumed to keep (0 assumes none: safe)
-        test = sprt.FutilityTest(self.noise, reference=reference, delta=None, alpha=self.cfg.futility_alpha,
+        test = sprt.FutilityTest(self.noise, reference=[float(x) for x in ref], delta=None, alpha=self.cfg.futility_alpha,
                                  paired=True, seed_corr=self.cfg.seed_corr)
         return Monitor(test, self.direction)
 
-    def better(self, a: float, b: float) -> bool:
-        return lower_better(a, self.direction) < lower_better(b, self.direction)
-
     def screen(self, cand: Individual, incumbent: Individual) -> str:
-        """After the screening run: 'promote' (no SPRT), 'test', or 'untested'."""
+        """After the screening run: 'promote' (no statistics), 'test', or 'untested'."""
         if cand.value is None or incumbent.value is None or cand.index == incumbent.index:
             return "untested"
+        better = self.direction.better(cand.value, incumbent.value)
         if not self.cfg.enabled or self.noiseless:
-            return "promote" if self.better(cand.value, incumbent.value) else "untested"
+            return "promote" if better else "untested"
         if self.noise is None:
-            return "untested" if not self.better(cand.value, incumbent.value) else "test"
-        c = lower_better(cand.value, self.direction)
-        paired = c - lower_better(incumbent.value, self.direction)
+            return "test" if better else "untested"
+        loss = self.direction.loss
+        c = loss(cand.value)
+        paired = c - loss(incumbent.value)
         # also against the incumbent's mean over all its seeds: when a change does not keep the
         # seed's effect, an unlucky screening run of the incumbent would wave everyone through
-        vals = [lower_better(v, self.direction) for v in incumbent.values().values()]
-        unpaired = c - sum(vals) / len(vals)
+        unpaired = c - statistics.fmean(loss(v) for v in incumbent.values().values())
         gate = lambda d: sprt.promising(d, self.delta, self.cfg.gate)  # noqa: E731
         return "test" if gate(paired) and gate(unpaired) else "untested"
 
-    def pairs(self, cand: Individual, incumbent: Individual) -> list[float]:
+    def pairs(self, cand: Individual, incumbent: Individual) -> dict[int, float]:
+        """Per confirmation seed, candidate minus incumbent in losses (negative = a gain)."""
         c, i = cand.values(), incumbent.values()
-        return [
-            lower_better(c[s], self.direction) - lower_better(i[s], self.direction)
-            for s in self.seeds[: self.cfg.max_pairs] if s in c and s in i
-        ]
+        loss = self.direction.loss
+        return {s: loss(c[s]) - loss(i[s]) for s in self.confirm_seeds if s in c and s in i}
 
-    def decide(self, cand: Individual, incumbent: Individual) -> sprt.PairedDecision:
-        # sigma is estimated from the pairs themselves (GSPRT); the replicates' sigma only floors it
-        prior = self.noise.sigma_final if self.noise is not None and self.noise.sigma_final > 0 else None
-        return sprt.paired_sprt(
-            self.pairs(cand, incumbent), delta=self.delta, alpha=self.cfg.alpha, beta=self.cfg.beta,
-            max_pairs=self.cfg.max_pairs, sigma=None, sigma_prior=prior,
-        )
+    def decide(self, cand: Individual, incumbent: Individual) -> Verdict | None:
+        """The paired SPRT on the confirmation pairs; None while there is no noise model."""
+        if not math.isfinite(self.delta):
+            return None
+        pairs = self.pairs(cand, incumbent)
+        # sigma is estimated from the pairs (GSPRT) with the replicates' between-seed sd of a
+        # difference as a prior worth their degrees of freedom: it can decide after few pairs
+        prior = math.sqrt(2.0) * self.noise.sigma_final if self.noise is not None and self.noise.sigma_final > 0 else None
+        d = sprt.paired_sprt(list(pairs.values()), delta=self.delta, alpha=self.cfg.alpha, beta=self.cfg.beta,
+                             max_pairs=self.cfg.max_pairs, sigma=None, sigma_prior=prior,
+                             prior_df=float(self.noise.df) if prior is not None and self.noise is not None else 0.0)
+        info = {"llr": d.llr, "pairs": d.n, "mean_diff": d.mean_diff, "sd": d.sd, "trace": list(d.trace),
+                "bounds": list(d.bounds), "delta": self.delta, "seeds": list(pairs)[: d.n]}
+        return Verdict(d.decision, d.n, d.llr, info)
 
     def needed(self, cand: Individual, incumbent: Individual) -> list[tuple[Individual, int]]:
         """The next seed both must have run for the test to go on (one pair at a time)."""
-        for s in self.seeds[: self.cfg.max_pairs]:
+        for s in self.confirm_seeds:
             missing = [ind for ind in (cand, incumbent) if s not in ind.runs]
             if missing:
                 return [(ind, s) for ind in missing]
-            if s not in cand.values() or s not in incumbent.values():
-                continue  # a failed run on this seed: skip to the next seed
         return []
 
 
-def _at(progress: list[tuple[float, float]], checkpoints: tuple[float, ...], direction: str) -> list[float] | None:
-    """The curve's values at the noise model's checkpoints (nearest point within 0.02)."""
-    out = []
-    for c in checkpoints:
-        best = min(progress, key=lambda p: abs(p[0] - c))
-        if abs(best[0] - c) > 0.02:
-            return None
-        out.append(lower_better(best[1], direction))
-    return out
+def final_only_model(finals: list[float]) -> sprt.NoiseModel:
+    """A noise model with no checkpoints: the between-seed sd of the final metric, nothing to monitor."""
+    return sprt.NoiseModel(checkpoints=(), mean=(), cov=(), seed_share=0.0, ar_phi=0.0,
+                           sigma_final=float(np.std(finals, ddof=1)), n=len(finals))

@@ -13,8 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from evo.executors.base import Done, Executor
-from evo.population import Individual
-from evo.study import Logbook, Study
+from evo.individual import Individual
+from evo.logbook import Logbook
+from evo.study import Study
+from evo.wiring import default_storage
 
 
 def fmt(v: float | None) -> str:
@@ -32,7 +34,7 @@ class Progress:
         self.done_runs = 0
         s = study
         out(f"study {s.name}: {s.strategy.name}, {s.strategy.planned} children planned, {executor.workers} worker(s); "
-            f"{s.made} made so far; storage {s.archive.url.split('://')[0]}; mainline {s.mainline_ref[len('refs/heads/'):]}")
+            f"{s.made} made so far; storage {s.archive.url.split('://')[0]}; mainline {s.mainline.branch}")
 
     def _line(self, text: str) -> None:
         if self.tty:
@@ -80,8 +82,6 @@ class Progress:
             f"{s['duplicates']} duplicates), {s['runs']} runs, {s['promotions']} promotion(s); "
             f"baseline {fmt(s['baseline'])} -> mainline {fmt(s['incumbent_value'])}; worker utilisation {s['utilisation']:.0%}"
         )
-        from evo.cli import default_storage
-
         name = self.study.name
         url = self.study.archive.url
         flag = "" if url == default_storage(None) else f" --storage {shlex.quote(url)}"

@@ -14,18 +14,19 @@ from collections.abc import Callable
 from typing import Any
 
 from evo.config import Config
-from evo.executors.base import Executor
 from evo.lock import study_lock
 from evo.report import Progress
 from evo.study import Study
+from evo.wiring import ExecutorFactory
+from operators.base import ConflictResolver, Mutation
 
 
-def search(cfg: Config, mutation: Any, resolver: Any, make_executor: Callable[[Study], Executor], out: Callable[[str], None] = print) -> dict[str, Any]:
+def search(cfg: Config, mutation: Mutation, resolver: ConflictResolver, make_executor: ExecutorFactory, out: Callable[[str], None] = print) -> dict[str, Any]:
     study = Study(cfg, mutation, resolver, log=out)
     with study_lock(study.repo.git_dir, study.name), _sigterm_as_interrupt():
         study.load()
         study.setup()
-        executor = make_executor(study)
+        executor = make_executor(study.repo, study.template)
         progress = Progress(study, executor, out)
         try:
             while not study.finished():

@@ -15,7 +15,7 @@ from typing import Protocol
 from deap import base, tools
 
 from evo.config import SearchConfig
-from evo.population import DUPLICATE, EVALUATED, Individual
+from evo.individual import Direction, Individual, Status
 
 
 @dataclass(frozen=True)
@@ -52,15 +52,10 @@ class _Member:
         self.fitness = (_Fitness1 if len(values) == 1 else _Fitness2)(values)
 
 
-def oriented(value: float, direction: str) -> float:
-    """Higher is better, whatever the study's direction."""
-    return -value if direction == "minimize" else value
-
-
 def evaluated(pop: dict[int, Individual], before_generation: int | None = None) -> list[Individual]:
     return [
         i for i in pop.values()
-        if i.status == EVALUATED and i.value is not None and (before_generation is None or i.generation < before_generation)
+        if i.status == Status.EVALUATED and i.value is not None and (before_generation is None or i.generation < before_generation)
     ]
 
 
@@ -100,12 +95,12 @@ class Population:
 
     name = "population"
 
-    def __init__(self, cfg: SearchConfig, direction: str, secondary_direction: str = "minimize") -> None:
+    def __init__(self, cfg: SearchConfig, direction: Direction, secondary_direction: Direction = Direction.MINIMIZE) -> None:
         self.cfg = cfg
         self.mu = cfg.population
-        self.direction = direction
+        self.direction = Direction(direction)
         self.secondary = cfg.secondary_metric
-        self.secondary_direction = secondary_direction
+        self.secondary_direction = Direction(secondary_direction)
         # generation 0: the baseline plus (population - 1) mutants of it; then `generations` of population each
         self.planned = (self.mu - 1) + cfg.generations * self.mu
 
@@ -115,11 +110,11 @@ class Population:
     def members(self, pool: list[Individual]) -> list[_Member]:
         out = []
         for ind in pool:
-            vals: tuple[float, ...] = (oriented(ind.value, self.direction),)  # type: ignore[arg-type]
+            vals: tuple[float, ...] = (self.direction.oriented(ind.value),)  # type: ignore[arg-type]
             if self.secondary:
                 run = ind.runs.get(ind.screen_seed)
                 sec = run.metrics.get(self.secondary) if run else None
-                vals += (oriented(sec, self.secondary_direction) if sec is not None else float("-inf"),)
+                vals += (self.secondary_direction.oriented(sec) if sec is not None else float("-inf"),)
             out.append(_Member(ind, vals))
         return out
 
@@ -162,22 +157,20 @@ class Population:
         return Plan(parents=(a,), operator="mutation", generation=gen)
 
 
-def make_strategy(cfg: SearchConfig, direction: str) -> Strategy:
+def make_strategy(cfg: SearchConfig, direction: Direction) -> Strategy:
     if cfg.strategy == "greedy":
         return Greedy(cfg)
     if cfg.strategy == "random":
         return RandomSearch(cfg)
-    return Population(cfg, direction, cfg.secondary_direction)
+    return Population(cfg, direction, Direction(cfg.secondary_direction))
 
 
-def hall_of_fame(pop: dict[int, Individual], direction: str, k: int) -> list[Individual]:
+def hall_of_fame(pop: dict[int, Individual], direction: Direction, k: int) -> list[Individual]:
     """The k best evaluated individuals ever (DEAP HallOfFame), for elitism and reports."""
     hof = tools.HallOfFame(max(1, k))
-    members = [_Member(i, (oriented(i.value, direction),)) for i in evaluated(pop)]  # type: ignore[arg-type]
+    direction = Direction(direction)
+    members = [_Member(i, (direction.oriented(i.value),)) for i in evaluated(pop)]  # type: ignore[arg-type]
     if members:
         hof.update(members)
     return [m.ind for m in hof]
 
-
-def unused_duplicates(pop: dict[int, Individual]) -> int:
-    return sum(1 for i in pop.values() if i.status == DUPLICATE)

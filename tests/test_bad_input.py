@@ -527,12 +527,12 @@ def operator_touches_protected_file(b: Bench) -> Case:
             return Proposal({"target.py": parent.files["target.py"].replace("X = 1.0", "X = 3.0"), "README.md": "edited\n"}, "X 1.0 -> 3.0")
 
     def api() -> int:
-        from evo import cli
         from evo import config as config_mod
+        from evo import wiring
         from evo.search import search
 
         cfg = config_mod.load(b.cfg)
-        search(cfg, Sneaky(), cli.build_operators(cfg)[1], cli.build_executor(cfg), out=lambda line: None)
+        search(cfg, Sneaky(), wiring.build_operators(cfg)[1], wiring.build_executor(cfg), out=lambda line: None)
         return 0
 
     def check(t: optuna.trial.FrozenTrial) -> None:

@@ -11,7 +11,9 @@ import pytest
 from conftest import evo, git, write_config
 from evo.config import SearchConfig
 from evo.gitrepo import GitRepo
-from evo.population import EVALUATED, Individual, Run
+from evo.individual import Individual, Run, Status
+
+EVALUATED = Status.EVALUATED
 from evo.strategies import Population, hall_of_fame
 from operators.base import Context, Parent
 from operators.constants import ConstantsMutation, find_constants

@@ -92,7 +92,7 @@ def make_config(work: Path, name: str, repo: Path, *, run: str, mutable: Sequenc
 
 def run_search(cfg: Any, log: Path | None = None) -> dict[str, Any]:
     """One `evo search`, in-process; its printed lines go to `log` (or nowhere)."""
-    from evo.cli import build_executor, build_operators
+    from evo.wiring import build_executor, build_operators
     from evo.search import search
 
     lines: list[str] = []
@@ -293,7 +293,7 @@ def pmap(fn: Callable[[Any], Any], items: list[Any], n_jobs: int) -> list[Any]:
 
 def warm_imports() -> None:
     """Import what a search imports, so the first timed search does not pay for it."""
-    import evo.cli  # noqa: F401
+    import evo.wiring  # noqa: F401
     import evo.search  # noqa: F401
     import evo.study  # noqa: F401
     import operators.constants  # noqa: F401

@@ -112,7 +112,7 @@ def trend(xs: list[float], bins: int = 10) -> list[dict[str, Any]]:
 def scale_point(work: Path, n: int, k: int, seed: int = 0, n_resumes: int = 3) -> dict[str, Any]:
     """A greedy study with n synthetic trials and refs on top of 5 real ones; then timings."""
     from evo.archive import list_studies
-    from evo.cli import build_operators
+    from evo.wiring import build_operators
     from evo.gitrepo import GitRepo
     from evo.study import Study
 

@@ -53,6 +53,7 @@ class Probe:
         import evo.executors.local as local
         import evo.runner as runner
         from evo.archive import Archive
+        from evo.breeder import Breeder
         from evo.gitrepo import GitRepo
         from evo.report import Progress
         from evo.study import Study
@@ -61,7 +62,7 @@ class Probe:
             m = _RUNDIR.match(getattr(dest, "name", ""))
             return {"index": int(m.group(1)), "seed": int(m.group(2))} if m else {}
 
-        self._wrap(Study, "breed", "propose", key=lambda s: {"index": s.next_index})
+        self._wrap(Breeder, "breed", "propose", key=lambda s, idx, *a, **k: {"index": idx})
         self._wrap(Study, "record", "record", key=lambda s, job, *a, **k: {"index": job.index, "seed": job.seed, "role": job.role})
         self._wrap(Study, "load", "load")
         self._wrap(GitRepo, "export", "export", key=dest_key)

@@ -31,9 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evo.bench.common import (Scratch, bootstrap_ci, fmt, jobs, make_config, mann_whitney, pmap, run_search, study_attrs,
+from evo.bench.common import (Scratch, bootstrap_ci, fmt, jobs, make_config, mann_whitney, pmap, study_attrs,
                               study_trials)
 from evo.bench.targets import TARGETS, Target, tpe_params
+from evo.executors import inprocess
 
 EVO = ("greedy", "population", "random")
 FULL = {"targets": list(TARGETS), "seeds": 10, "mu": 8, "generations": 3, "strategies": list(EVO) + ["tpe"],
@@ -92,9 +93,10 @@ def evo_search(t: Target, task: dict[str, Any]) -> dict[str, Any]:
     gens = {"greedy": B, "population": task["generations"], "random": 1}[base]
     pop = {"greedy": mu, "population": mu, "random": B}[base]
     cfg = make_config(work, name, repo, run="{python} run.py", mutable=t.mutable, strategy=base, generations=gens, population=pop,
-                      seed=task["seed"], sprt=sprt, timeout=30.0)
+                      seed=task["seed"], sprt=sprt, timeout=30.0, study={"storage": f"memory://{name}"})
     t0 = time.time()
-    summary = run_search(cfg, work / f"{name}.log")
+    # the real engine (strategy, operators, git, judge, archive); only the run is in-process
+    summary, _ = inprocess.search(cfg, t.evaluate)
     wall = time.time() - t0
     trials = study_trials(cfg)
     attrs = study_attrs(cfg)

@@ -137,6 +137,18 @@ class Target:
         ns = self._ns()
         return float(ns["objective"](dict(C)) + ns["noise"](dict(C), seed))
 
+    def evaluate(self, src: Any, job: Any) -> Any:
+        """What run.py prints for a candidate, in-process (the in-process executor's `evaluate`):
+        the same objective.py maths, the same rounding, one virtual second per run."""
+        from evo.executors.inprocess import Evaluation
+
+        ns = self._ns()
+        C = constants_of({p: src.read(p) for p in self.mutable})
+        f = float(ns["objective"](dict(C)) + ns["noise"](dict(C), job.seed))
+        steps = ns["STEPS"]
+        curve = [(round(k / steps, 3), round(f + ns["CURVE"] * (1.0 - k / steps) + ns["jitter"](C, job.seed, k), 6)) for k in range(1, steps + 1)]
+        return Evaluation(value=round(f, 6), seconds=1.0, progress=curve)
+
     def constants(self) -> dict[str, Any]:
         return constants_of(self.files)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
+
+from evo.config import TargetConfig
 
 from evo.runner import RunResult
 
@@ -30,6 +32,24 @@ class RunTemplate:
     no_network: bool = False
     cache_dir: str = ""  # exported as EVO_CACHE (prepared data lives here, outside checkouts)
 
+    @classmethod
+    def from_target(cls, t: TargetConfig, cache_dir: str) -> RunTemplate:
+        """The one place a target's config becomes run settings."""
+        from evo.wiring import python_command
+
+        return cls(command=python_command(t.run), timeout=t.timeout, time_budget=t.time_budget, metric=t.metric,
+                   metric_regex=t.metric_regex, progress_regex=t.progress_regex, env_allow=t.env_allow,
+                   max_log_bytes=t.max_log_bytes, memory_limit_mb=t.memory_limit_mb, no_network=t.no_network,
+                   cache_dir=cache_dir)
+
+
+class Monitor(Protocol):
+    """A live test of a run's progress: called with each progress point, True stops the run."""
+
+    trace: list[tuple[float, float]]
+
+    def __call__(self, fraction: float, value: float) -> bool: ...
+
 
 @dataclass
 class Job:
@@ -38,7 +58,7 @@ class Job:
     seed: int
     role: str  # baseline | replicate | candidate | confirm
     log_path: Path
-    monitor: Any = None  # callable(fraction, value) -> stop?; keeps a .trace
+    monitor: Monitor | None = None  # callable(fraction, value) -> stop?; keeps a .trace
 
 
 @dataclass

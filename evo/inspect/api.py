@@ -44,7 +44,7 @@ def resolve_storage(storage: str | None) -> str:
 
     A bare file path (no '://') is taken as a SQLite file.
     """
-    from evo.cli import default_storage
+    from evo.wiring import default_storage
 
     if storage and "://" not in storage:
         storage = f"sqlite:///{Path(storage).expanduser().resolve()}"

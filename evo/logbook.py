@@ -1,0 +1,58 @@
+"""Per-generation statistics (a DEAP Logbook), stored in the study as generations complete."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import TYPE_CHECKING, Any
+
+from deap import tools
+
+from evo.individual import Status
+
+if TYPE_CHECKING:
+    from evo.study import Study
+
+
+class Logbook:
+    HEADER = ["gen", "evals", "best", "median", "failed", "pruned", "seconds"]
+
+    def __init__(self, study: Study) -> None:
+        self.study = study
+        self.book = tools.Logbook()
+        self.book.header = self.HEADER
+        for row in study.archive.attrs.get("logbook", []):
+            self.book.record(**row)
+        self.last = self.book[-1]["gen"] if len(self.book) else -1
+        # seconds count from the study's start, across resumes (the wall clock of its first run)
+        self.t0 = float(study.archive.attrs.get("created", time.time()))
+
+    def update(self) -> list[dict[str, Any]]:
+        """Record every generation that has just completed; return the new rows.
+
+        `best` is the best screening run of the study so far; `median` is over this generation's runs."""
+        s = self.study
+        new = []
+        while True:
+            g = self.last + 1
+            members = [i for i in range(0, s.strategy.planned + 1) if s.strategy.generation_of(i) == g]
+            if not members or max(members) >= s.next_index:
+                break
+            inds = [s.pop[i] for i in members if i in s.pop]
+            if any(not i.finished for i in inds):
+                break
+            values = [i.value for i in inds if i.value is not None]
+            everything = [i.value for i in s.pop.values() if i.value is not None and i.status == Status.EVALUATED]
+            row = {
+                "gen": g, "evals": len(inds), "best": s.direction.best(everything) if everything else None,
+                "median": statistics.median(values) if values else None,
+                "failed": sum(1 for i in inds if i.status == Status.FAILED),
+                "pruned": sum(1 for i in inds if i.status == Status.PRUNED),
+                "seconds": round(time.time() - self.t0, 1),
+            }
+            self.book.record(**row)
+            self.last = g
+            new.append(row)
+        if new:
+            s.archive.set_attr("logbook", [dict(r) for r in self.book])
+        return new

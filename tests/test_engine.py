@@ -1,0 +1,200 @@
+"""The engine in-process: the real Study, strategies, breeder, judge, mainline, operators, git and
+Optuna (in-memory storage), with runs simulated by the in-process executor on a virtual clock.
+
+No run subprocess is started here; each test is a scheduling, promotion or resume question asked
+of the code that ships.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+
+import pytest
+
+from conftest import git, write_config
+from evo import config as config_mod
+from evo import lineage
+from evo.config import Config
+from evo.executors.base import Job
+from evo.executors.inprocess import Evaluation, InProcessExecutor, Source, search
+from evo.individual import Decision, Role, Status
+from evo.study import Study
+from evo.wiring import build_operators
+from operators.constants import find_constants
+
+_names = itertools.count()
+
+
+def constants(src: Source) -> dict[str, float]:
+    return {c.name: float(c.value) for c in find_constants("target.py", src.read("target.py"))}
+
+
+def toy(noise: float = 0.0, progress: bool = True):
+    """The conftest target's formula (maximise; optimum X=3, Y=7, FLAG=True) with a per-seed offset."""
+
+    def evaluate(src: Source, job: Job) -> Evaluation:
+        c = constants(src)
+        score = -(c["X"] - 3.0) ** 2 - 0.1 * (c["Y"] - 7) ** 2 + (0.5 if c["FLAG"] else 0.0)
+        score += noise * random.Random(job.seed * 7919 + 17).gauss(0.0, 1.0)
+        curve = [(k / 4, score - (1 - k / 4)) for k in range(1, 5)] if progress else []
+        return Evaluation(value=score, seconds=1.0, progress=curve)
+
+    return evaluate
+
+
+def make_cfg(tmp_path: Path, repo: Path, **sections: dict[str, object]) -> Config:
+    sections.setdefault("study", {})["storage"] = f"memory://test-engine-{next(_names)}"
+    path = write_config(tmp_path / f"evo{next(_names)}.toml", repo, tmp_path / "evo.db", **sections)
+    return config_mod.load(path)
+
+
+def drive(study: Study, ex: InProcessExecutor, until: int = 10_000) -> list[Job]:
+    """The search loop's inner part (evo.search), returning the jobs in the order they started."""
+    started: list[Job] = []
+    while not study.finished() and len(started) < until:
+        while ex.free() and (job := study.next_job()) is not None:
+            ex.submit(job)
+            started.append(job)
+        if ex.busy() == 0:
+            break
+        for done in ex.wait(0):
+            study.record(done.job, done.result, done.worker, done.monitor_trace)
+    return started
+
+
+def test_greedy_ratchet_promotes_only_improvements_with_auditable_commits(make_repo, tmp_path: Path) -> None:
+    repo = make_repo()
+    cfg = make_cfg(tmp_path, repo, search={"strategy": "greedy", "generations": 40}, sprt={"enabled": False})
+    summary, ex = search(cfg, toy())
+    assert summary["candidates"] == 40 and summary["promotions"] >= 3
+    assert ex.now == pytest.approx(summary["runs"] - summary["duplicates"])  # one virtual second per run, one worker
+    study = Study(cfg, *build_operators(cfg), log=lambda s: None)
+    study.load()
+    steps = lineage.mainline(study.repo, study.archive.attrs["base_commit"], study.repo.ref(study.mainline.ref))
+    values = [s.value for s in steps]
+    assert len(steps) == summary["promotions"] and values == sorted(values) and len(set(values)) == len(values)
+    for step in steps:
+        parents = git(repo, "log", "-1", "--format=%P", step.commit).split()
+        cand = study.pop[step.index]
+        assert parents[-1] == cand.commit and step.trailers["Candidate"] == cand.commit
+        assert "Changes since the previous mainline" in git(repo, "log", "-1", "--format=%B", step.commit)
+    assert git(repo, "status", "--porcelain") == "" and git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "master"
+
+
+def test_scheduling_order_baseline_replicates_then_children(make_repo, tmp_path: Path) -> None:
+    repo = make_repo()
+    cfg = make_cfg(tmp_path, repo, search={"strategy": "greedy", "generations": 3}, sprt={"enabled": True, "replicates": 3})
+    study = Study(cfg, *build_operators(cfg), log=lambda s: None)
+    study.load()
+    ex = InProcessExecutor(study.repo, study.template, 4, toy(noise=0.01))
+    first = [study.next_job() for _ in range(2)]
+    assert [(j.index, j.seed, j.role) for j in first] == [(0, 0, Role.BASELINE), (0, 1, Role.REPLICATE)]  # type: ignore[union-attr]
+    third = study.next_job()
+    assert third is not None and (third.index, third.seed, third.role) == (0, 2, Role.REPLICATE)
+    assert study.next_job() is None  # no child before the baseline's screening run is in
+    for job in first + [third]:
+        ex.submit(job)  # type: ignore[arg-type]
+    for done in ex.wait(0):
+        study.record(done.job, done.result, done.worker, done.monitor_trace)
+    assert study.judge.noise is not None and not study.judge.noise.checkpoints == ()
+    child = study.next_job()
+    assert child is not None and child.role == Role.CANDIDATE and child.seed == 0 and child.index == 1
+    assert child.monitor is not None  # progress lines and a noise model: the futility test watches it
+
+
+def test_promotion_test_confirms_on_fresh_seeds_never_the_screening_one(make_repo, tmp_path: Path) -> None:
+    """A candidate that passed the gate on seed 0 is tested on seeds 1, 2, ...: the pair that
+    selected it is not evidence. The incumbent (the baseline) already ran those seeds."""
+    repo = make_repo()
+    cfg = make_cfg(tmp_path, repo, search={"strategy": "greedy", "generations": 12}, sprt={"enabled": True, "replicates": 3})
+    study = Study(cfg, *build_operators(cfg), log=lambda s: None)
+    study.load()
+    ex = InProcessExecutor(study.repo, study.template, 1, toy(noise=0.05))
+    jobs = drive(study, ex)
+    tested = [i for i in study.pop.values() if i.index > 0 and study.mainline.decisions.get(str(i.index), {}).get("pairs")]
+    assert tested, "no candidate reached a promotion test"
+    for ind in tested:
+        seeds = study.mainline.decisions[str(ind.index)]["seeds"]
+        assert seeds and study.judge.screen_seed not in seeds
+    confirms = [j for j in jobs if j.role == Role.CONFIRM]
+    assert confirms and all(j.seed != study.judge.screen_seed for j in confirms)
+    assert study.mainline.promotions, "a gain of many noise sigmas was never promoted"
+
+
+def test_a_target_without_progress_lines_still_promotes(make_repo, tmp_path: Path) -> None:
+    repo = make_repo()
+    cfg = make_cfg(tmp_path, repo, search={"strategy": "greedy", "generations": 15}, sprt={"enabled": True, "replicates": 3})
+    lines: list[str] = []
+    summary, _ = search(cfg, toy(noise=0.05, progress=False), out=lines.append)
+    assert any("no progress checkpoints" in ln for ln in lines)
+    assert summary["promotions"] >= 2
+    assert not any("testing" == d.get("decision") for d in Study(cfg, *build_operators(cfg)).archive.attrs["decisions"].values())
+
+
+def test_resume_adopts_a_child_committed_just_before_a_kill(make_repo, tmp_path: Path) -> None:
+    repo = make_repo()
+    cfg = make_cfg(tmp_path, repo, search={"strategy": "greedy", "generations": 5}, sprt={"enabled": False})
+    study = Study(cfg, *build_operators(cfg), log=lambda s: None)
+    study.load()
+    ex = InProcessExecutor(study.repo, study.template, 1, toy())
+    drive(study, ex, until=2)  # the baseline and child 1 ran
+    job = study.next_job()  # child 2: committed and its ref written, then "killed" before its run
+    assert job is not None and job.index == 2
+    orphan = job.commit  # type: ignore[union-attr]
+    again = Study(cfg, *build_operators(cfg), log=lambda s: None)
+    again.load()
+    ind = again.pop[job.index]  # type: ignore[union-attr]
+    assert ind.commit == orphan and ind.status == Status.PENDING
+    nxt = again.next_job()
+    assert nxt is not None and (nxt.index, nxt.commit, nxt.role) == (job.index, orphan, Role.CANDIDATE)  # type: ignore[union-attr]
+
+
+def test_a_promotion_whose_archive_copy_was_lost_is_recovered_from_the_ref(make_repo, tmp_path: Path) -> None:
+    repo = make_repo()
+    cfg = make_cfg(tmp_path, repo, search={"strategy": "greedy", "generations": 15}, sprt={"enabled": False})
+    summary, _ = search(cfg, toy())
+    assert summary["promotions"] >= 2
+    study = Study(cfg, *build_operators(cfg), log=lambda s: None)
+    study.archive.set_attr("promotions", [])  # as if killed between the ref and the archive's write
+    study.archive.set_attr("decisions", {})
+    study.load()
+    assert len(study.mainline.promotions) == summary["promotions"]
+    last = study.mainline.promotions[-1]["index"]
+    assert study.incumbent is not None and study.incumbent.index == last
+    assert study.pop[last].decision == Decision.ACCEPT and study.mainline.decisions[str(last)]["recovered"]
+
+
+def test_same_seed_same_search_and_duplicates_are_proposed_again(make_repo, tmp_path: Path) -> None:
+    repo = make_repo()
+
+    def trees(retries: int, name: str) -> tuple[list[str], int]:
+        cfg = make_cfg(tmp_path, repo, study={"name": name}, search={"strategy": "population", "population": 4, "generations": 6},
+                       operators={"duplicate_retries": retries}, sprt={"enabled": False})
+        summary, _ = search(cfg, toy())
+        study = Study(cfg, *build_operators(cfg))
+        study.load()
+        return [study.pop[i].tree for i in sorted(study.pop)], summary["duplicates"]
+
+    a, dup_a = trees(3, "a")
+    b, _ = trees(3, "b")
+    assert a == b  # the same seed makes the same children
+    _, dup_none = trees(0, "c")
+    assert dup_a < dup_none  # re-proposing a duplicate spends proposals, not runs
+
+
+def test_a_failed_baseline_stops_the_search(make_repo, tmp_path: Path) -> None:
+    from evo.errors import EvoError
+
+    repo = make_repo()
+    cfg = make_cfg(tmp_path, repo, search={"strategy": "greedy", "generations": 5}, sprt={"enabled": False})
+
+    def crash(src: Source, job: Job) -> Evaluation:
+        return Evaluation(value=None, reason="ImportError: no module named torch")
+
+    with pytest.raises(EvoError, match="baseline .* did not run: crashed"):
+        search(cfg, crash)
+    study = Study(cfg, *build_operators(cfg))
+    study.load()
+    assert study.made == 0  # no child was made (nor any LLM token spent) against a baseline that cannot run
