@@ -8,6 +8,7 @@ A monitor (the futility test) sees each progress point and may stop the run at o
 
 from __future__ import annotations
 
+import atexit
 import fnmatch
 import hashlib
 import math
@@ -21,11 +22,15 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-NUMBER = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|NaN|inf|Inf|infinity|Infinity)"
+# Unambiguous: one way to split any digit run (`\d+\.?\d*` had n of them, and a line of 25,000
+# digits took the regex engine, which holds the GIL, 46 s to reject).
+NUMBER = r"[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|NaN|inf|Inf|infinity|Infinity)"
+MAX_LINE = 4096  # characters: a longer line is logged but never parsed (no metric line is that long)
 
 # Variables every run sees; anything else must be allow-listed in [target] env_allow.
 BASE_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TERM", "TMPDIR", "TZ", "USER", "LOGNAME", "SHELL", "LC_*")
@@ -71,6 +76,26 @@ class RunResult:
     log_tail: str = ""
     output_bytes: int = 0
     data_fingerprint: str = ""  # the last `data_fingerprint: <hex>` line the run printed
+    evo_fault: bool = False  # evo could not do its part (write the log, export, a worker's exception), not the run's fault
+
+
+def safe_text(text: str) -> str:
+    """`text` made writable anywhere: lone surrogates (from a model's JSON, a surrogateescape'd
+    path) become U+FFFD, pairs are joined. Everything from a model or a run passes through here
+    before it is written to a file, a terminal or the archive."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def cap_text(text: str, limit: int, what: str = "text") -> str:
+    """`text` cut to at most `limit` characters, the cut said in a last line (nothing is cut silently)."""
+    if len(text) <= limit:
+        return text
+    note = f"\n[evo] {what} cut here: {len(text) - limit} of {len(text)} characters left out\n"
+    return text[: max(0, limit - len(note))] + note
 
 
 class OutputParser:
@@ -89,7 +114,10 @@ class OutputParser:
         self.data_fingerprint = ""
 
     def feed(self, line: str) -> tuple[float, float] | None:
-        """Parse one line; return a new progress point, if the line is one."""
+        """Parse one line; return a new progress point, if the line is one. A line longer than
+        MAX_LINE is ignored: no regex ever sees more than MAX_LINE characters."""
+        if len(line) > MAX_LINE:
+            return None
         m = self.progress_rx.search(line)
         if m:
             try:
@@ -131,94 +159,59 @@ class RunSpec:
 
 
 def run(spec: RunSpec, monitor: Monitor | None = None, cancel: threading.Event | None = None) -> RunResult:
-    """Run spec.command to completion, timeout, pruning or cancellation; never raises for the run's faults."""
+    """Run spec.command to completion, timeout, pruning or cancellation; never raises for the run's faults.
+
+    The timeout and the cancel event are watched by a thread of their own (`_Guard`), which kills
+    the process group itself: however slow the reading of the output is, it cannot delay a kill.
+    Whatever happens here (a log that cannot be written, an exception), the run's process group
+    and everything carrying its token are killed before this returns.
+    """
     parser = OutputParser(spec.metric, spec.metric_regex, spec.progress_regex)
     token = f"{owner_key(spec.log_path.parent)}-{uuid.uuid4().hex}"
     env = {**spec.env, "EVO_RUN_TOKEN": token}
-    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-    if spec.no_network and not network_isolation_available():  # never run it with the network it must not have
-        spec.log_path.write_text("[evo] not run: no_network is set and `unshare --net` does not work on this machine\n")
-        return RunResult("crashed", reason="not run: [target] no_network = true but `unshare --net` does not work on this machine")
-    start = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            _wrap(spec), cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(spec.log_path, "wb")
     except OSError as e:
-        spec.log_path.write_text(f"[evo] could not start: {e}\n")
-        return RunResult("crashed", reason=f"could not start the run command: {e}")
-    stopped: str | None = None  # why we killed it
-    tail: deque[bytes] = deque(maxlen=64)  # the last 64 chunks, for the log tail
-    written = total = 0
-    partial = b""
-    sel = selectors.DefaultSelector()
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    os.set_blocking(fd, False)
-    sel.register(fd, selectors.EVENT_READ)
-    exited: float | None = None
-    with open(spec.log_path, "wb") as log:
-        eof = False
-        while True:
-            if not eof:
-                for _key, _ in sel.select(timeout=0.05):
-                    try:
-                        chunk = os.read(fd, 1 << 16)
-                    except BlockingIOError:
-                        continue
-                    if not chunk:
-                        eof = True
-                        break
-                    total += len(chunk)
-                    tail.append(chunk)
-                    if written < spec.max_log_bytes:
-                        piece = chunk[: spec.max_log_bytes - written]
-                        log.write(piece)
-                        log.flush()  # `tail -f` and the Ray executor's log streaming see it now
-                        written += len(piece)
-                        if written >= spec.max_log_bytes:
-                            log.write(b"\n[evo] log truncated here; output continued\n")
-                    lines = (partial + chunk).replace(b"\r", b"\n").split(b"\n")  # = re.split(rb"[\r\n]"), 10x faster
-                    partial = lines.pop()
-                    if len(partial) > 1 << 20:  # a huge line without a newline: parse what we have
-                        lines.append(partial)
-                        partial = b""
-                    for raw in lines:
-                        point = parser.feed(raw.decode("utf-8", errors="replace"))
-                        if point and monitor and stopped is None and monitor(*point):
-                            stopped = "pruned"
-            else:
-                time.sleep(0.02)
-            if stopped is None and cancel is not None and cancel.is_set():
-                stopped = "interrupted"
-            if stopped is None and time.monotonic() - start > spec.timeout:
-                stopped = "timeout"
-            if stopped is not None:
-                kill_group(proc)
-            if proc.poll() is not None:
-                if eof or stopped is not None:
-                    break
-                # the command exited but something it started still holds the output open:
-                # read what is buffered for a moment, then end the run (leftovers are killed below)
-                exited = exited or time.monotonic()
-                if time.monotonic() - exited > 2.0:
-                    break
-        if partial:
-            parser.feed(partial.decode("utf-8", errors="replace"))
-        if total > written:
-            log.write(b"\n[evo] last output:\n" + b"".join(tail)[-8192:])
-    sel.close()
-    proc.stdout.close()
+        return RunResult("crashed", reason=safe_text(f"not run: evo cannot write its log {spec.log_path}: {_why(e)}"), evo_fault=True)
+    try:
+        if spec.no_network and not network_isolation_available():  # never run it with the network it must not have
+            _write_quietly(log, b"[evo] not run: no_network is set and `unshare --net` does not work on this machine\n")
+            return RunResult("crashed", reason="not run: [target] no_network = true but `unshare --net` does not work on this machine")
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                _wrap(spec), cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        except OSError as e:
+            _write_quietly(log, f"[evo] could not start: {e}\n".encode(errors="replace"))
+            return RunResult("crashed", reason=safe_text(f"could not start the run command: {e}"))
+        guard = _Guard(proc, token, start + spec.timeout, cancel)
+        try:
+            total, written, tail, failure = _read(proc, spec, parser, monitor, guard, log)
+        finally:
+            guard.close()  # kills the group if the run is still going (an exception, a broken log)
+            if proc.stdout is not None:
+                proc.stdout.close()
+            kill_group(proc)
+            _kill_token(token)
+            _LIVE.pop(proc.pid, None)
+    finally:
+        try:
+            log.close()
+        except OSError:  # the buffered rest of a log on a full disk
+            pass
     seconds = time.monotonic() - start
-    kill_group(proc)
-    _kill_token(token)
     res = RunResult(
         outcome="complete", value=parser.value, metrics=parser.metrics, progress=parser.progress,
         returncode=proc.returncode, seconds=seconds, output_bytes=total,
         log_tail=b"".join(tail)[-4000:].decode("utf-8", errors="replace"), data_fingerprint=parser.data_fingerprint,
     )
-    if stopped == "pruned":
+    stopped = guard.why
+    if failure:
+        res.outcome, res.reason, res.evo_fault = "crashed", safe_text(failure), True
+    elif stopped == "pruned":
         res.outcome, res.reason = "pruned", "stopped early: clearly worse than its reference (futility test)"
     elif stopped == "interrupted":
         res.outcome, res.reason = "interrupted", "stopped by evo (interrupt or shutdown)"
@@ -235,6 +228,155 @@ def run(spec: RunSpec, monitor: Monitor | None = None, cancel: threading.Event |
     if res.outcome != "complete":
         res.value = None
     return res
+
+
+def _read(proc: subprocess.Popen[bytes], spec: RunSpec, parser: OutputParser, monitor: Monitor | None,
+          guard: _Guard, log: Any) -> tuple[int, int, deque[bytes], str]:
+    """Read the run's output until it ends or is stopped: (bytes seen, bytes logged, last chunks, evo's failure)."""
+    tail: deque[bytes] = deque(maxlen=64)  # the last 64 chunks, for the log tail
+    written = total = 0
+    partial = b""
+    overlong = False  # inside a line longer than MAX_LINE: skipped up to its end
+    failure = ""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    exited: float | None = None
+    eof = False
+    try:
+        while True:
+            if not eof:
+                for _key, _ in sel.select(timeout=0.05):
+                    try:
+                        chunk = os.read(fd, 1 << 16)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        eof = True
+                        break
+                    total += len(chunk)
+                    tail.append(chunk)
+                    if written < spec.max_log_bytes and not failure:
+                        piece = chunk[: spec.max_log_bytes - written]
+                        try:
+                            log.write(piece)
+                            written += len(piece)
+                            if written >= spec.max_log_bytes:
+                                log.write(b"\n[evo] log truncated here; output continued\n")
+                            log.flush()  # `tail -f` and the Ray executor's log streaming see it now
+                        except OSError as e:  # a full disk, a vanished folder: stop the run, say why
+                            failure = f"evo could not write the run's log {spec.log_path}: {_why(e)}"
+                            guard.stop("failed")
+                    lines = (partial + chunk).replace(b"\r", b"\n").split(b"\n")  # = re.split(rb"[\r\n]"), 10x faster
+                    partial = lines.pop()
+                    if overlong and lines:  # the end of a line too long to parse: dropped
+                        lines, overlong = lines[1:], False
+                    elif overlong:  # still inside it
+                        partial = b""
+                    if len(partial) > 4 * MAX_LINE:  # too long to be parsed whatever it holds: skip to its end
+                        partial, overlong = b"", True
+                    for raw in lines:
+                        if len(raw) > 4 * MAX_LINE:
+                            continue
+                        point = parser.feed(raw.decode("utf-8", errors="replace"))
+                        if point and monitor and guard.why is None and monitor(*point):
+                            guard.stop("pruned")
+            else:
+                time.sleep(0.02)
+            if proc.poll() is not None:
+                if eof or guard.why is not None:
+                    break
+                # the command exited but something it started still holds the output open:
+                # read what is buffered for a moment, then end the run (leftovers are killed below)
+                exited = exited or time.monotonic()
+                if time.monotonic() - exited > 2.0:
+                    break
+        if partial and not overlong:
+            parser.feed(partial.decode("utf-8", errors="replace"))
+        if total > written and not failure:
+            try:
+                log.write(b"\n[evo] last output:\n" + b"".join(tail)[-8192:])
+            except OSError:
+                pass
+    except Exception as e:  # noqa: BLE001 - evo's own fault while reading: the run is stopped, the reason kept
+        failure = failure or f"evo failed while reading the run's output: {type(e).__name__}: {e}"
+        guard.stop("failed")
+    finally:
+        sel.close()
+    return total, written, tail, failure
+
+
+class _Guard:
+    """Enforces a run's timeout and cancel event from a thread of its own, and kills the group
+    on any stop (timeout, interrupt, futility, a failure): a busy or stuck reading loop cannot
+    delay it. The first reason to stop wins."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], token: str, deadline: float, cancel: threading.Event | None) -> None:
+        self.proc, self.deadline, self.cancel = proc, deadline, cancel
+        self.why: str | None = None
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        _LIVE[proc.pid] = token
+        self._thread = threading.Thread(target=self._watch, name=f"evo-guard-{proc.pid}", daemon=True)
+        self._thread.start()
+
+    def stop(self, why: str) -> None:
+        with self._lock:
+            if self.why is None:
+                self.why = why
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.05):
+            if self.cancel is not None and self.cancel.is_set():
+                self.stop("interrupted")
+            elif time.monotonic() > self.deadline:
+                self.stop("timeout")
+            if self.why is not None:
+                kill_group(self.proc)
+                return
+            if self.proc.poll() is not None:
+                return  # the command ended; the reader kills what is left
+
+    def close(self) -> None:
+        self._done.set()
+        if self.proc.poll() is None:  # still going: stopped by an exception or a failure
+            self.stop("failed")
+            kill_group(self.proc, grace=0.2)
+        self._thread.join(timeout=10)
+
+
+# Runs going now (pid -> token), so that an interpreter exit or a second Ctrl-C still kills them.
+_LIVE: dict[int, str] = {}
+
+
+def kill_all_runs() -> int:
+    """SIGKILL every run this process has going, their groups and their token carriers, at once
+    (no grace): for a second Ctrl-C and for interpreter exit. Returns how many runs were going."""
+    live = list(_LIVE.items())
+    for pid, _token in live:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for _pid, token in live:
+        _kill_token(token)
+    return len(live)
+
+
+atexit.register(kill_all_runs)
+
+
+def _why(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def _write_quietly(log: Any, data: bytes) -> None:
+    try:
+        log.write(data)
+    except OSError:
+        pass
 
 
 def _wrap(spec: RunSpec) -> list[str]:
@@ -305,20 +447,80 @@ def kill_leftovers(log_dir: Path) -> int:
     return _kill_where(lambda env: any(v.startswith(prefix) for v in env))
 
 
-def _kill_where(match: Callable[[list[bytes]], bool]) -> int:
-    """SIGKILL every process whose environment (a list of NAME=value) matches; return how many."""
-    killed: set[int] = set()
-    for _ in range(3):
+def _kill_where(match: Callable[[list[bytes]], bool], limit: float = 10.0) -> int:
+    """Kill every process whose environment (a list of NAME=value) matches; return how many.
+
+    Stop-then-kill, so that a daemon which calls setsid() and re-forks every few milliseconds
+    cannot stay ahead (it did of three SIGKILL passes 50 ms apart): every process found is first
+    SIGSTOPped (a stopped process cannot fork), and all are SIGKILLed at the end. Finding is
+    done two ways, over and over until a round finds nothing new (or `limit` seconds pass):
+    a full pass over /proc, and quick probes of the pids allocated last (ns_last_pid): a
+    generation that lives 2 ms is gone before a full listing of a busy /proc ends, but it is
+    always among the newest pids.
+    """
+    me = os.getpid()
+    stopped: set[int] = set()
+    end = time.monotonic() + limit
+
+    def visit(pids: Iterable[int]) -> bool:
         found = False
-        for pid_dir in Path("/proc").glob("[0-9]*"):
-            try:
-                if int(pid_dir.name) != os.getpid() and match((pid_dir / "environ").read_bytes().split(b"\0")):
-                    os.kill(int(pid_dir.name), signal.SIGKILL)
-                    killed.add(int(pid_dir.name))
-                    found = True
-            except (OSError, ValueError):
+        for pid in pids:
+            if pid == me or pid in stopped or not _environ_matches(pid, match):
                 continue
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except OSError:
+                continue
+            stopped.add(pid)
+            found = True
+        return found
+
+    while time.monotonic() < end:
+        try:
+            found = visit(sorted((int(n) for n in os.listdir("/proc") if n.isdigit()), reverse=True))
+        except OSError:
+            break
+        quiet = 0
+        while quiet < 8 and time.monotonic() < end:  # ~10 ms of quick probes with nothing new
+            if visit(_newest_pids()):
+                found, quiet = True, 0
+            else:
+                quiet += 1
+                time.sleep(0.001)
         if not found:
             break
-        time.sleep(0.05)
-    return len(killed)
+    for pid in stopped:
+        if _environ_matches(pid, match):  # still the process we stopped (pids are not reused this fast, but check)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    return len(stopped)
+
+
+def _newest_pids(n: int = 64) -> list[int]:
+    """The last `n` pids the kernel handed out, newest first ([] where ns_last_pid is unreadable)."""
+    try:
+        with open("/proc/sys/kernel/ns_last_pid", "rb") as f:
+            last = int(f.read())
+        with open("/proc/sys/kernel/pid_max", "rb") as f:
+            top = int(f.read())
+    except (OSError, ValueError):
+        return []
+    return [(last - i - 1) % top + 1 for i in range(n)]
+
+
+def _environ_matches(pid: int, match: Callable[[list[bytes]], bool]) -> bool:
+    try:
+        fd = os.open(f"/proc/{pid}/environ", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        data = b""
+        while chunk := os.read(fd, 1 << 16):
+            data += chunk
+        return bool(match(data.split(b"\0")))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from evo.executors.base import Done, Job, RunTemplate
 from evo.gitrepo import GitRepo
-from evo.runner import RunResult, RunSpec, run, run_env
+from evo.runner import RunResult, RunSpec, kill_all_runs, run, run_env, safe_text
 
 
 def visible_gpus() -> list[str]:
@@ -79,22 +79,36 @@ class LocalExecutor:
         t.start()
 
     def _work(self, slot: int, job: Job) -> None:
+        """One job, start to end. Whatever fails here (an export, a log folder that cannot be
+        made, a full disk, a bug) becomes the job's "crashed" result: a Done always comes back,
+        so the slot frees and the search never waits forever; the runner has killed the run."""
         t0 = time.monotonic()
-        extra = {"CUDA_VISIBLE_DEVICES": self.gpus[slot % len(self.gpus)]} if self.gpus else {}
-        workdir = Path(tempfile.mkdtemp(prefix=f"evo-run-{job.index}-{job.seed}-"))
+        result: RunResult | None = None
         try:
+            extra = {"CUDA_VISIBLE_DEVICES": self.gpus[slot % len(self.gpus)]} if self.gpus else {}
+            workdir = Path(tempfile.mkdtemp(prefix=f"evo-run-{job.index}-{job.seed}-"))
             try:
-                self.repo.export(job.commit, workdir)
-            except Exception as e:  # noqa: BLE001 - becomes the trial's reason
-                result = RunResult("crashed", reason=f"could not export {job.commit[:8]}: {e}")
-            else:
-                result = run_job(self.template, job, workdir, extra, self._cancel)
+                try:
+                    self.repo.export(job.commit, workdir)
+                except Exception as e:  # noqa: BLE001 - becomes the trial's reason
+                    result = RunResult("crashed", reason=safe_text(f"could not export {job.commit[:8]}: {e}"))
+                else:
+                    result = run_job(self.template, job, workdir, extra, self._cancel)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+        except BaseException as e:  # noqa: BLE001 - a worker thread must always report back
+            result = RunResult("crashed", reason=safe_text(f"evo failed while running it: {type(e).__name__}: {e}"),
+                               seconds=time.monotonic() - t0, evo_fault=True)
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        with self._lock:
-            self._busy_seconds += time.monotonic() - t0
-        trace = list(getattr(job.monitor, "trace", []) or [])
-        self._done.put(Done(job, result, slot, trace))
+            with self._lock:
+                self._busy_seconds += time.monotonic() - t0
+            try:
+                trace = list(getattr(job.monitor, "trace", []) or [])
+            except Exception:  # noqa: BLE001
+                trace = []
+            if result is None:  # pragma: no cover - only if the except clause itself failed
+                result = RunResult("crashed", reason="evo failed while running it", evo_fault=True)
+            self._done.put(Done(job, result, slot, trace))
 
     def wait(self, timeout: float) -> list[Done]:
         out = []
@@ -111,9 +125,20 @@ class LocalExecutor:
         return out
 
     def cancel_all(self) -> None:
+        """Stop every run (SIGTERM, then SIGKILL after 1 s) and wait for the slots to report.
+
+        A second Ctrl-C (or any exception) while waiting kills every run at once, with no grace,
+        before it goes on: a run that ignores SIGTERM never outlives evo. The wait polls instead
+        of Thread.join: an interrupt landing inside join() can leave a thread looking finished
+        while it still runs (CPython < 3.13)."""
         self._cancel.set()
-        for t in list(self._threads.values()):
-            t.join(timeout=15)
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(t.is_alive() for t in list(self._threads.values())):
+                time.sleep(0.02)
+        except BaseException:
+            kill_all_runs()
+            raise
 
     def shutdown(self) -> None:
         self.cancel_all()

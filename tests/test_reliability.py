@@ -1,0 +1,254 @@
+"""Reliability under faults: no output, exception, signal or hostile process hangs or fools evo.
+
+Each test names the fault it injects. All of them use real subprocesses and real git; the time
+bounds are generous (many seconds of slack): what they catch is a hang or a quadratic blow-up,
+not a slow machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, git, write_config
+from evo.executors.base import Job, RunTemplate
+from evo.executors.local import LocalExecutor
+from evo.gitrepo import GitRepo
+from evo.runner import MAX_LINE, OutputParser, RunSpec, kill_leftovers, run, run_env, safe_text
+
+PY = sys.executable
+
+
+def spec(tmp: Path, code: str, timeout: float = 20, log: Path | None = None, mark: str = "") -> RunSpec:
+    script = tmp / f"run-{uuid.uuid4().hex[:6]}.py"
+    script.write_text(textwrap.dedent(code))
+    env = run_env(extra={"EVO_TEST_MARK": mark} if mark else None)
+    return RunSpec(command=f"{PY} {script}", cwd=tmp, env=env, timeout=timeout,
+                   log_path=log or tmp / "logs" / "run.log", metric="score")
+
+
+def alive(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def wait_until(cond, timeout: float) -> bool:  # noqa: ANN001
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+# -- 1. output parsing is linear, and the timeout does not depend on the reading loop ---------------
+
+def test_number_pattern_is_linear_in_the_line_length() -> None:
+    """`\\d+\\.?\\d*` split a digit run n ways: 4,000 digits and an `x` took 0.4 s per line."""
+    parser = OutputParser("score")
+    t0 = time.monotonic()
+    for _ in range(20):
+        parser.feed("score: " + "1" * (MAX_LINE - 10) + "x")
+        parser.feed("progress: " + "2" * (MAX_LINE - 30) + "x score: 1")
+        parser.feed("loss: " + "3" * 400 + "x")
+    assert time.monotonic() - t0 < 2.0  # about 10 ms now; 8 s with the ambiguous pattern
+    assert parser.value is None and parser.metrics == {} and parser.progress == []  # none of those is a number
+    for line, value in (("score: 1.5e3", 1500.0), ("score: .5", 0.5), ("score: -3.", -3.0), ("score = +2", 2.0)):
+        parser.feed(line)
+        assert parser.value == value, line
+
+
+def test_a_line_longer_than_the_cap_is_never_parsed() -> None:
+    parser = OutputParser("score")
+    parser.feed("score: 1" + " " * MAX_LINE)  # a metric line padded past the cap
+    assert parser.value is None
+    parser.feed("score: 2")
+    assert parser.value == 2.0
+
+
+def test_a_huge_number_line_cannot_delay_the_timeout(tmp_path: Path) -> None:
+    """The issue's case: `score: ` + 25,000 digits + `x` froze evo for 46 s under a 5 s timeout."""
+    s = spec(tmp_path, """\
+        import sys, time
+        for _ in range(3):
+            sys.stdout.write("score: " + "1" * 25000 + "x\\n")
+            sys.stdout.flush()
+        time.sleep(120)
+        """, timeout=2)
+    t0 = time.monotonic()
+    res = run(s)
+    took = time.monotonic() - t0
+    assert res.outcome == "timeout", res
+    assert took < 10, took  # 2 s timeout + 1 s grace; it took minutes before
+    assert res.output_bytes > 75_000 and s.log_path.stat().st_size > 75_000  # the log still has it all
+
+
+def test_an_endless_line_is_read_in_bounded_memory_and_the_metric_after_it_counts(tmp_path: Path) -> None:
+    s = spec(tmp_path, """\
+        import sys
+        for _ in range(200):
+            sys.stdout.write("7" * 50000)  # 10 MB without a newline
+        sys.stdout.write("\\nscore: 4.25\\n")
+        """, timeout=30)
+    res = run(s)
+    assert res.outcome == "complete" and res.value == 4.25, res
+
+
+# -- 2. evo's own faults in a worker become a recorded outcome; the run is always killed -----------
+
+def test_a_log_that_cannot_be_written_kills_the_run_and_says_why(tmp_path: Path) -> None:
+    """A full disk while a run prints (/dev/full: every write is ENOSPC): the run used to keep
+    going with no one reading it, and the exception escaped the worker thread."""
+    pidfile = tmp_path / "pid"
+    s = spec(tmp_path, f"""\
+        import os, time
+        open({str(pidfile)!r}, "w").write(str(os.getpid()))
+        print("hello", flush=True)
+        time.sleep(300)
+        """, log=Path("/dev/full"))
+    t0 = time.monotonic()
+    res = run(s)
+    assert time.monotonic() - t0 < 10
+    assert res.outcome == "crashed" and res.evo_fault, res
+    assert res.reason == "evo could not write the run's log /dev/full: No space left on device"
+    pid = int(pidfile.read_text())
+    assert wait_until(lambda: not alive(pid), 5), "the run outlived the failure"
+
+
+def _executor(repo: Path, workers: int = 1, timeout: float = 20) -> tuple[LocalExecutor, str]:
+    g = GitRepo(repo)
+    template = RunTemplate(command=f"{PY} target.py", timeout=timeout, time_budget=1, metric="score")
+    return LocalExecutor(g, template, workers=workers), g.head()
+
+
+def test_a_log_folder_that_cannot_be_made_is_a_crashed_run_and_frees_the_slot(make_repo, tmp_path: Path) -> None:  # noqa: ANN001
+    """`[study] results = "/dev/null/res"`: the worker thread raised and the search waited forever."""
+    ex, head = _executor(make_repo(), workers=2)
+    ex.submit(Job(0, head, 0, "baseline", Path("/dev/null/res/logs/00000-seed0.log")))
+    ex.submit(Job(1, head, 0, "baseline", tmp_path / "ok" / "run.log"))
+    done = []
+    end = time.monotonic() + 20
+    while len(done) < 2 and time.monotonic() < end:
+        done += ex.wait(timeout=0.5)
+    by_index = {d.job.index: d.result for d in done}
+    assert sorted(by_index) == [0, 1], "a job never came back: its slot is lost"
+    bad = by_index[0]
+    assert bad.outcome == "crashed" and bad.evo_fault
+    assert bad.reason == "not run: evo cannot write its log /dev/null/res/logs/00000-seed0.log: Not a directory"
+    assert by_index[1].outcome == "complete"  # the other slot is unaffected
+    assert ex.free() == 2 and ex.busy() == 0
+    ex.shutdown()
+
+
+def test_an_exception_in_the_worker_is_a_crashed_run_and_the_run_is_killed(make_repo, tmp_path: Path) -> None:  # noqa: ANN001
+    """A bug in evo's code on the worker's path (here: the futility monitor raising) is the
+    job's recorded outcome, and the run it was watching is killed, not left running."""
+    pidfile = tmp_path / "pid"
+    repo = make_repo(files={"target.py": f"""\
+        import os, time
+        open({str(pidfile)!r}, "w").write(str(os.getpid()))
+        print("progress: 0.5 score: 1.0", flush=True)
+        time.sleep(300)
+        """})
+
+    def monitor(fraction: float, value: float) -> bool:
+        raise RuntimeError("monitor bug")
+
+    ex, head = _executor(repo)
+    ex.submit(Job(0, head, 0, "candidate", tmp_path / "run.log", monitor=monitor))
+    done = []
+    end = time.monotonic() + 20
+    while not done and time.monotonic() < end:
+        done = ex.wait(timeout=0.5)
+    assert done, "the job never came back"
+    res = done[0].result
+    assert res.outcome == "crashed" and res.evo_fault
+    assert res.reason == "evo failed while reading the run's output: RuntimeError: monitor bug"
+    assert wait_until(lambda: not alive(int(pidfile.read_text())), 5), "the run outlived the exception"
+    assert ex.free() == 1
+    ex.shutdown()
+
+
+# -- 4. leftovers that re-fork ------------------------------------------------------------------------
+
+REFORKER = """\
+import os, sys, time
+beat = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+if os.fork():
+    sys.exit(0)
+os.setsid()
+while not os.path.exists(sys.argv[1] + ".stop"):  # the test's own clean-up, should evo fail
+    # every few ms: fork, the parent exits, the child takes over in a new session
+    time.sleep(DELAY)
+    os.write(beat, b".")  # a heartbeat: the file grows while any generation lives
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+"""
+
+
+def beating(beat: Path, window: float = 0.5) -> bool:
+    """Whether the re-forking daemon still lives: its heartbeat file grows within `window` s.
+    (A /proc scan from here would race it just as evo's scan did.)"""
+    before = beat.stat().st_size if beat.exists() else 0
+    time.sleep(window)
+    return (beat.stat().st_size if beat.exists() else 0) > before
+
+
+@pytest.mark.parametrize("delay", [0.002, 0.01])
+def test_a_daemon_that_reforks_every_few_ms_is_killed(tmp_path: Path, delay: float) -> None:
+    mark = uuid.uuid4().hex
+    daemon, beat = tmp_path / "daemon.py", tmp_path / "beat"
+    daemon.write_text(REFORKER.replace("DELAY", repr(delay)))
+    s = spec(tmp_path, f"""\
+        import subprocess, sys, time
+        subprocess.Popen([sys.executable, {str(daemon)!r}, {str(beat)!r}], start_new_session=True)
+        time.sleep(0.5)
+        print("score: 1.0")
+        """, mark=mark)
+    try:
+        res = run(s)
+        assert res.outcome == "complete"
+        assert beat.stat().st_size > 20  # it did run, and re-forked many times
+        assert not beating(beat), "a re-forking daemon outlived its run"
+    finally:
+        Path(f"{beat}.stop").touch()
+
+
+def test_kill_leftovers_kills_a_reforking_daemon_of_a_killed_evo(tmp_path: Path) -> None:
+    """What a resume does after kill -9: the study's runs (and their re-forking daemons) die."""
+    from evo.runner import owner_key
+
+    logs = tmp_path / "logs"
+    daemon, beat = tmp_path / "daemon.py", tmp_path / "beat"
+    daemon.write_text(REFORKER.replace("DELAY", "0.003"))
+    token = f"{owner_key(logs)}-{uuid.uuid4().hex}"
+    subprocess.Popen([PY, str(daemon), str(beat)], env={**os.environ, "EVO_RUN_TOKEN": token}, start_new_session=True).wait()
+    try:
+        assert beating(beat)
+        assert kill_leftovers(logs) >= 1
+        assert not beating(beat), "a re-forking daemon survived kill_leftovers"
+    finally:
+        Path(f"{beat}.stop").touch()
+
+
+# -- 3. untrusted text ---------------------------------------------------------------------------------
+
+def test_safe_text_makes_any_string_writable(tmp_path: Path) -> None:
+    bad = "ok \ud800 lone, \udcff escaped, pair \ud83d\ude00, fine é"
+    out = safe_text(bad)
+    out.encode("utf-8")  # would raise for a lone surrogate
+    (tmp_path / "a.txt").write_text(out, encoding="utf-8")
+    assert out == "ok \ufffd lone, \ufffd escaped, pair \U0001f600, fine é"
+    assert safe_text("plain é") == "plain é"
