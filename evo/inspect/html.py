@@ -396,9 +396,9 @@ function chart(opts) {
     ax.append(sv('line', {x1: m.l, x2: W - m.r, y1: Y(t), y2: Y(t), class: 'grid'}));
     ax.append(sv('text', {x: m.l - 6, y: Y(t) + 4, 'text-anchor': 'end', text: fmt(t, 4)}));
   }
-  for (const t of niceTicks(x0, x1, 6)) {
+  for (const [t, label] of (opts.xticks || niceTicks(x0, x1, 6).map(t => [t, fmt(t, 4)]))) {
     ax.append(sv('line', {x1: X(t), x2: X(t), y1: H - m.b, y2: H - m.b + 4}));
-    ax.append(sv('text', {x: X(t), y: H - m.b + 16, 'text-anchor': 'middle', text: fmt(t, 4)}));
+    ax.append(sv('text', {x: X(t), y: H - m.b + 16, 'text-anchor': 'middle', text: label}));
   }
   ax.append(sv('line', {x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b}));
   ax.append(sv('line', {x1: m.l, x2: m.l, y1: m.t, y2: H - m.b}));
@@ -477,17 +477,18 @@ function renderStudy(S, k) {
   // mainline
   sec.append(el('h3', {id: `mainline-${k}`, text: 'Mainline: each promotion, its confirmed gain and the whole change from the previous step'}));
   const mt = el('table', {class: 'mainline'});
-  mt.append(el('tr', {}, ...['step', 'individual', 'trial', 'runs by then', S.metric, 'gain', 'gain %', 'decision', 'gain per seed (95% CI)', 'when', 'commit', 'description'].map(h => el('th', {text: h}))));
+  mt.append(el('tr', {}, ...['step', 'individual', 'description', S.metric, 'gain', 'gain %', 'decision', 'gain per seed (95% CI)', 'trial', 'runs by then', 'when', 'commit'].map(h => el('th', {text: h}))));
   for (const r of S.mainline) {
     const ci = r.ci ? `${signed(r.seed_gain)} [${fmt(r.ci[0], 4)}, ${fmt(r.ci[1], 4)}] over ${r.pairs} pairs`
                     : (r.seed_gain !== null && r.seed_gain !== undefined ? `${signed(r.seed_gain)} (${r.pairs} pair)` : (r.step ? 'single run: no interval' : '-'));
     const tr = el('tr', {class: 'step clickable', id: `s${k}-step-${r.step}`, onclick: () => select(r.index)},
-      el('td', {class: 'num', text: r.step}), el('td', {text: '#' + r.index}), el('td', {class: 'num', text: fmt(r.trial)}),
-      el('td', {class: 'num', text: fmt(r.evaluations)}), el('td', {class: 'num', text: fmt(r.value)}),
+      el('td', {class: 'num', text: r.step}), el('td', {text: '#' + r.index}), el('td', {class: 'desc', text: r.description}),
+      el('td', {class: 'num', text: fmt(r.value)}),
       el('td', {class: 'num ' + (r.gain > 0 ? 'gain-pos' : r.gain < 0 ? 'gain-neg' : ''), text: signed(r.gain)}),
       el('td', {class: 'num', text: r.gain_pct === null ? '-' : signed(r.gain_pct) + '%'}),
       el('td', {class: 'desc', text: r.decision + (r.pairs && !/pairs/.test(r.decision) ? ` (${r.pairs} pairs, llr ${fmt(r.llr, 3)})` : '')}), el('td', {text: ci}),
-      el('td', {text: r.time || '-'}), el('td', {text: (r.commit || '').slice(0, 8)}), el('td', {class: 'desc', text: r.description}));
+      el('td', {class: 'num', text: fmt(r.trial)}), el('td', {class: 'num', text: fmt(r.evaluations)}),
+      el('td', {text: (r.time || '-').slice(5)}), el('td', {text: (r.commit || '').slice(0, 8)}));
     mt.append(tr);
   }
   sec.append(el('div', {class: 'scroll'}, mt));
@@ -689,8 +690,8 @@ function renderCompare(C) {
     r.values.forEach(v => pts.push({points: [[gi + 1, v]], color: color(grp), dots: true, r: 4, label: `${grp}: a study's final value`, cls: 'final-dot'}));
     if (r.ci_low !== null) pts.push({points: [[gi + 1, r.ci_low], [gi + 1, r.ci_high]], color: '#111', width: 3, label: `${grp}: 95% CI of the mean`, cls: 'ci-bar'});
   });
-  const ch = chart({title: 'final value per study (dots) and the 95% CI of each group\'s mean (bar; none for a group of one)',
-                    xlabel: 'group: ' + groups.map((g, i) => `${i + 1}=${g}`).join(', '), ylabel: C.metric, cls: 'compare-final',
+  const ch = chart({title: 'final value per study (dots); 95% CI of a group\'s mean (bar, n ≥ 2)',
+                    xlabel: 'group', ylabel: C.metric, cls: 'compare-final', xticks: groups.map((g, i) => [i + 1, g]),
                     series: pts, x0: 0.5, x1: groups.length + 0.5, width: 560});
   charts.append(ch);
   sec.append(charts);
