@@ -495,7 +495,19 @@ def _kill_where(match: Callable[[list[bytes]], bool], limit: float = 10.0) -> in
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+    wait_until = time.monotonic() + 2.0  # SIGKILL is delivered asynchronously: return once they are gone
+    while stopped and time.monotonic() < wait_until and any(_running(pid) for pid in stopped):
+        time.sleep(0.005)
     return len(stopped)
+
+
+def _running(pid: int) -> bool:
+    """Whether pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return False
 
 
 def _newest_pids(n: int = 64) -> list[int]:
