@@ -98,6 +98,24 @@ def cap_text(text: str, limit: int, what: str = "text") -> str:
     return text[: max(0, limit - len(note))] + note
 
 
+ARTIFACT_LIMIT = 2_000_000  # characters of artifacts kept per proposal (prompts, answers, diffs together)
+
+
+def cap_artifacts(artifacts: dict[str, str], limit: int = ARTIFACT_LIMIT) -> dict[str, str]:
+    """Artifacts made safe to write (safe_text) and cut to `limit` characters in all, small ones
+    kept whole and the large ones sharing the rest; each cut is said at the end of its text."""
+    out = {name: safe_text(str(text)) for name, text in artifacts.items()}
+    if sum(len(t) for t in out.values()) <= limit:
+        return out
+    room = limit
+    names = sorted(out, key=lambda n: len(out[n]))
+    for i, name in enumerate(names):
+        share = room // (len(names) - i)
+        out[name] = cap_text(out[name], max(share, 200), f"artifact '{name}'")
+        room -= min(len(out[name]), room)
+    return out
+
+
 class OutputParser:
     """Finds the metric, the summary numbers and progress points in a stream of lines."""
 

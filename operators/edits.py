@@ -82,8 +82,8 @@ def _as_path(candidate: str) -> str | None:
     s = s.strip("*`'\"").strip()
     s = _PATH_PREFIX.sub("", s)  # "**File:** `x.py`"
     s = s.strip("*`'\"").rstrip(":").strip().strip("`'\"")
-    if not _PATHLIKE.match(s) or s.startswith("/") or s.endswith(("/", ".")):
-        return None
+    if not _PATHLIKE.match(s) or s.endswith(("/", ".")) or s.startswith("//"):
+        return None  # (an absolute path is returned: it names a file, which apply_blocks then refuses)
     return s if "/" in s or _EXTENSION.search(s) else None
 
 
@@ -160,6 +160,9 @@ def _resolve_path(path: str | None, files: Mapping[str, str], default_path: str 
         if default_path is None:
             raise EditError("it names no file (put the file path on the line before the block)")
         return default_path
+    if path.startswith("/"):  # never taken for the only mutable file: that edit was meant for another file
+        known = ", ".join(sorted(files)) or "none"
+        raise EditError(f"{path} is an absolute path; name one of the editable files as the repository does ({known})")
     path = path.removeprefix("./")
     if path in files:
         return path
@@ -353,7 +356,7 @@ def parse_whole_file(text: str, paths: Iterable[str]) -> dict[str, str] | None:
         for candidate in (_fence_path(info), _as_path(header)):
             if candidate is None:
                 continue
-            path = _resolve_path(candidate, dict.fromkeys(paths, ""), None)
+            path = _resolve_path(candidate, dict.fromkeys(paths, ""), None)  # EditError for an absolute path
             if path in paths:
                 found[path] = body
                 break

@@ -28,6 +28,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from evo.runner import cap_artifacts, safe_text
+
 from .base import Conflict, Context, OperatorError, Parent, Proposal
 from .edits import (
     EditError,
@@ -200,7 +202,8 @@ class LLMClient:
         return text.replace(self._secret, "[REDACTED]") if self._secret else text
 
     def _error(self, reason: str, response: str = "", usage: dict[str, int] | None = None) -> LLMError:
-        return LLMError(self.redact(reason), {"response": self.redact(response)} if response else {}, usage)
+        reason, response = safe_text(reason), safe_text(response)
+        return LLMError(self.redact(reason), cap_artifacts({"response": self.redact(response)}) if response else {}, usage)
 
     def chat(self, messages: list[dict[str, str]], *, deadline: float | None = None) -> tuple[str, dict[str, int]]:
         """Send a conversation; return (answer text, usage). `deadline` is a time.monotonic() instant
@@ -274,8 +277,9 @@ class LLMClient:
             self.tokens_used += usage["prompt_tokens"] + usage["completion_tokens"]
         if message is None:
             raise self._error("LLM server returned no choices", usage=usage)
-        text = getattr(message, "content", None) or ""
-        refusal = getattr(message, "refusal", None)
+        # Untrusted text: a lone surrogate (JSON allows "\ud800") would crash every later write of it.
+        text = safe_text(str(getattr(message, "content", None) or ""))
+        refusal = safe_text(str(getattr(message, "refusal", None) or ""))
         if refusal:
             raise self._error(f"model refused: {one_line(refusal)}", refusal, usage)
         if finish_reason == "length":
@@ -334,10 +338,11 @@ class _Conversation:
     def artifacts(self) -> dict[str, str]:
         prompt = "\n\n".join(f"### {m['role']}\n\n{m['content']}" for m in self.messages)
         answers = "\n\n".join(f"----- answer {i} -----\n{a}" for i, a in enumerate(self.answers, 1))
-        return {"prompt": self.client.redact(prompt), "response": self.client.redact(answers)}
+        # capped per proposal (one proposal once wrote 63 MB), the cut said in the artifact itself
+        return cap_artifacts({"prompt": self.client.redact(prompt), "response": self.client.redact(answers)})
 
     def error(self, reason: str) -> OperatorError:
-        return LLMError(self.client.redact(reason), self.artifacts(), dict(self.usage))
+        return LLMError(self.client.redact(safe_text(reason)), self.artifacts(), dict(self.usage))
 
     def run(self, interpret: Callable[[str], T], what: str) -> tuple[T, str]:
         """Ask, interpret the answer; on EditError send the error back, up to fix_attempts times."""

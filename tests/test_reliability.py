@@ -252,3 +252,90 @@ def test_safe_text_makes_any_string_writable(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text(out, encoding="utf-8")
     assert out == "ok \ufffd lone, \ufffd escaped, pair \U0001f600, fine é"
     assert safe_text("plain é") == "plain é"
+
+
+def _llm_client(server, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN001, ANN202
+    from operators.llm import LLMClient, LLMSettings
+
+    monkeypatch.setenv("EVO_TEST_LLM_KEY", "none")
+    return LLMClient(LLMSettings(base_url=server.base_url, model="fake", api_key_env="EVO_TEST_LLM_KEY",
+                                 timeout=10.0, deadline=30.0, backoff=0.01, fix_attempts=1))
+
+
+TRAIN = "LR = 0.01\nDEPTH = 4\n"
+
+
+def _parent():  # noqa: ANN202
+    from operators.base import Context, Parent
+
+    return Parent(commit="abc", files={"train.py": TRAIN}, value=1.0, description="base", trial=0), \
+        Context(metric="loss", direction="minimize", mutable=("train.py",), program="", history="")
+
+
+def test_a_lone_surrogate_in_an_llm_answer_is_written_safely(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JSON allows "\\ud800": it reached the artifacts and crashed evo (UnicodeEncodeError) on every resume."""
+    import random
+
+    from llm_server import FakeLLMServer, Reply
+    from operators.llm import LLMError, LLMMutation
+
+    answer = ("RATIONALE: caf\ud800 faster \udcff\n\ntrain.py\n<<<<<<< SEARCH\nLR = 0.01\n=======\n"
+              "LR = 0.02  # \ud800\n>>>>>>> REPLACE\n")
+    parent, context = _parent()
+    with FakeLLMServer(Reply(answer)) as server:
+        prop = LLMMutation(_llm_client(server, monkeypatch)).mutate(parent, random.Random(0), context)
+    assert prop.description == "caf\ufffd faster \ufffd"
+    assert prop.files["train.py"] == "LR = 0.02  # \ufffd\nDEPTH = 4\n"
+    for name, text in prop.artifacts.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")  # raised UnicodeEncodeError before
+    print(prop.description, file=open(tmp_path / "out.txt", "w", encoding="utf-8"))
+    # the failure path too: a refusal whose text is not encodable
+    with FakeLLMServer(Reply("I'm sorry\ud800, I can't", refusal="no\ud800")) as server:
+        with pytest.raises(LLMError) as info:
+            LLMMutation(_llm_client(server, monkeypatch)).mutate(parent, random.Random(0), context)
+    info.value.reason.encode("utf-8")
+    for text in info.value.artifacts.values():
+        text.encode("utf-8")
+
+
+def test_artifacts_are_capped_per_proposal_and_the_cut_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One proposal once wrote 63 MB of artifacts; now at most ARTIFACT_LIMIT characters, cut visibly."""
+    import random
+
+    from llm_server import FakeLLMServer, Reply
+    from evo.runner import ARTIFACT_LIMIT
+    from operators.llm import LLMMutation
+
+    chatter = "blah " * 1_000_000  # 5 MB of prose after a good edit
+    answer = "RATIONALE: lr\n\ntrain.py\n<<<<<<< SEARCH\nLR = 0.01\n=======\nLR = 0.02\n>>>>>>> REPLACE\n\n" + chatter
+    parent, context = _parent()
+    with FakeLLMServer(Reply(answer)) as server:
+        prop = LLMMutation(_llm_client(server, monkeypatch)).mutate(parent, random.Random(0), context)
+    assert prop.files["train.py"].startswith("LR = 0.02")
+    assert sum(len(t) for t in prop.artifacts.values()) <= ARTIFACT_LIMIT
+    assert "[evo] artifact 'response' cut here: " in prop.artifacts["response"]
+    assert "LR = 0.02" in prop.artifacts["response"] and "LR = 0.01" in prop.artifacts["prompt"]  # the head is kept
+    # the rule itself: small artifacts stay whole, large ones share the rest
+    from evo.runner import cap_artifacts
+
+    capped = cap_artifacts({"a": "x" * 100, "b": "y" * 3000, "c": "z" * 5000}, limit=2000)
+    assert capped["a"] == "x" * 100 and sum(len(t) for t in capped.values()) <= 2000
+    assert capped["b"].startswith("y" * 500) and "[evo] artifact 'b' cut here: " in capped["b"]
+
+
+def test_an_edit_headed_by_an_absolute_path_is_refused() -> None:
+    """It used to be applied to the only mutable file: `/etc/passwd` is not `train.py`."""
+    from operators.edits import EditError, apply_blocks, parse_blocks, parse_whole_file
+
+    for answer in ("/etc/passwd\n<<<<<<< SEARCH\nLR = 0.01\n=======\nLR = 9\n>>>>>>> REPLACE\n",
+                   "`/home/u/repo/train.py`\n```python\n<<<<<<< SEARCH\nLR = 0.01\n=======\nLR = 9\n>>>>>>> REPLACE\n```\n",
+                   "```python /abs/train.py\n<<<<<<< SEARCH\nLR = 0.01\n=======\nLR = 9\n>>>>>>> REPLACE\n```\n"):
+        with pytest.raises(EditError, match="is an absolute path"):
+            apply_blocks({"train.py": TRAIN}, parse_blocks(answer), "train.py")
+    with pytest.raises(EditError, match="/etc/train.py is an absolute path"):
+        parse_whole_file("/etc/train.py\n```python\nLR = 9\n```\n", ["train.py"])
+    # relative paths still work, and a block with no path still goes to the only file
+    ok = "train.py\n<<<<<<< SEARCH\nLR = 0.01\n=======\nLR = 9\n>>>>>>> REPLACE\n"
+    assert apply_blocks({"train.py": TRAIN}, parse_blocks(ok), "train.py") == {"train.py": "LR = 9\nDEPTH = 4\n"}
+    bare = "<<<<<<< SEARCH\nLR = 0.01\n=======\nLR = 9\n>>>>>>> REPLACE\n"
+    assert apply_blocks({"train.py": TRAIN}, parse_blocks(bare), "train.py") == {"train.py": "LR = 9\nDEPTH = 4\n"}
