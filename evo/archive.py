@@ -32,9 +32,44 @@ STATE_OF_OUTCOME = {
 }
 
 
-def mask_url(url: str) -> str:
-    """The storage URL without its password, for messages and stored attrs."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+# scheme://user:password@ : the password runs to the last '@' of the word (it may hold '@' or '/');
+# scheme://token@ : a bare user name, masked when it looks like a token
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?:(?P<user>[^\s:/@?#]*):\S*|(?P<info>[^\s:/@?#]+))@")
+# ?password=... &token=... ;api_key=... : any query/fragment parameter whose name says it is a secret
+_SECRET_PARAM = re.compile(
+    r"(?P<name>[?&;#](?:[\w.-]*?)(?:pass(?:word|wd)?|pwd|secret|token|key|auth\w*|credential\w*|signature|sig)(?:[\w.-]*?)=)"
+    r"(?P<value>[^&;#\s'\"]+)",
+    re.IGNORECASE,
+)
+
+
+def mask_url(text: str) -> str:
+    """`text` (a URL, or a message holding URLs) with every credential masked as `***`:
+    `user:password@` -> `user:***@`, a bare token as userinfo (`https://ghp_...@host`) -> `***@`,
+    and the value of every query parameter named like a secret (password, passwd, pwd, secret,
+    token, key, api_key, auth..., credential..., sig, signature). Idempotent; the rest is kept,
+    so the URL still says which server and database it is."""
+
+    def userinfo(m: re.Match[str]) -> str:
+        if m.group("user") is not None:
+            return f"{m.group('scheme')}{m.group('user')}:***@"
+        info = m.group("info")
+        if len(info) >= 16 and re.search(r"\d", info) and re.search(r"[A-Za-z]", info):
+            return f"{m.group('scheme')}***@"  # a token used as the user name
+        return m.group(0)
+
+    text = _USERINFO.sub(userinfo, text)
+    return _SECRET_PARAM.sub(lambda m: f"{m.group('name')}***", text)
+
+
+def mask_config(value: Any) -> Any:
+    """A copy of a config dict (or any JSON-like value) with mask_url applied to every string:
+    for the study's stored `config` attr (storage, [llm] base_url, [executor] ray_address, ...)."""
+    if isinstance(value, dict):
+        return {k: mask_config(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_config(v) for v in value]
+    return mask_url(value) if isinstance(value, str) and ("://" in value or "=" in value) else value
 
 
 _MEMORY: dict[str, optuna.storages.BaseStorage] = {}
@@ -52,6 +87,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise EvoError(f"storage {mask_url(url)}: cannot create the folder {Path(path).parent}: {e.strerror}") from None
+    url = _postgresql_driver(url)
     try:
         if url.startswith(("sqlite", "postgresql", "mysql", "oracle", "mssql")):
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
@@ -59,6 +95,34 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     except Exception as e:  # noqa: BLE001 - sqlalchemy/driver errors of many kinds
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EvoError(f"storage {mask_url(url)}: cannot open: {mask_url(first)}") from None
+
+
+POSTGRESQL_HINT = 'install psycopg 3 (pip install "psycopg[binary]") and use the URL form postgresql+psycopg://user:password@host/db'
+
+
+def _postgresql_driver(url: str) -> str:
+    """The URL SQLAlchemy can open: `postgresql://` means psycopg2 to it, so where only psycopg 3
+    is installed the URL is read as `postgresql+psycopg://`; with no driver at all, one line
+    that names the driver to install and the URL form (SQLAlchemy only says "Failed to import
+    DB access module")."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    base, _, driver = scheme.lower().partition("+")
+    if not sep or base not in ("postgresql", "postgres"):
+        return url
+    have = {name: importlib.util.find_spec(name) is not None for name in ("psycopg", "psycopg2")}
+    if base == "postgres":  # SQLAlchemy 2 knows only postgresql://
+        scheme, base = "postgresql" + (f"+{driver}" if driver else ""), "postgresql"
+    if not driver:
+        if have["psycopg2"]:
+            return f"{scheme}://{rest}"
+        if have["psycopg"]:
+            return f"postgresql+psycopg://{rest}"
+        raise EvoError(f"storage {mask_url(url)}: cannot open: no PostgreSQL driver is installed; {POSTGRESQL_HINT}")
+    if driver in have and not have[driver]:
+        raise EvoError(f"storage {mask_url(url)}: cannot open: the PostgreSQL driver {driver} is not installed; {POSTGRESQL_HINT}")
+    return f"{scheme}://{rest}"
 
 
 class Archive:

@@ -339,3 +339,63 @@ def test_an_edit_headed_by_an_absolute_path_is_refused() -> None:
     assert apply_blocks({"train.py": TRAIN}, parse_blocks(ok), "train.py") == {"train.py": "LR = 9\nDEPTH = 4\n"}
     bare = "<<<<<<< SEARCH\nLR = 0.01\n=======\nLR = 9\n>>>>>>> REPLACE\n"
     assert apply_blocks({"train.py": TRAIN}, parse_blocks(bare), "train.py") == {"train.py": "LR = 9\nDEPTH = 4\n"}
+
+
+# -- 5. no credential in any URL evo prints or stores --------------------------------------------------
+
+@pytest.mark.parametrize("url, masked", [
+    ("postgresql://u:secret@127.0.0.1:1/x", "postgresql://u:***@127.0.0.1:1/x"),
+    ("postgresql+psycopg://me:p@ss/w@rd@db.example:5432/evo?sslmode=require", "postgresql+psycopg://me:***@db.example:5432/evo?sslmode=require"),
+    ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
+    ("https://ghp_secret0123456789abcdef@github.com/x", "https://***@github.com/x"),
+    ("http://vllm:8000/v1?api_key=secret&model=m", "http://vllm:8000/v1?api_key=***&model=m"),
+    ("https://h/v1?password=secret;token=secret#access_token=secret", "https://h/v1?password=***;token=***#access_token=***"),
+    ("postgresql://h/db?sslpassword=secret&user=bob", "postgresql://h/db?sslpassword=***&user=bob"),
+    ("error talking to postgresql://u:secret@h/x and http://a:secret@b/: refused", "error talking to postgresql://u:***@h/x and http://a:***@b/: refused"),
+    # nothing secret: unchanged
+    ("postgresql://user@host/db", "postgresql://user@host/db"),
+    ("ray://10.0.0.1:10001", "ray://10.0.0.1:10001"),
+    ("sqlite:////tmp/evo.db", "sqlite:////tmp/evo.db"),
+    ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+])
+def test_mask_url_masks_every_credential_form(url: str, masked: str) -> None:
+    from evo.archive import mask_url
+
+    assert mask_url(url) == masked
+    assert mask_url(masked) == masked  # idempotent
+    assert "secret" not in mask_url(url)
+
+
+def test_mask_config_masks_every_url_in_a_config() -> None:
+    from evo import config as config_mod
+    from evo.archive import mask_config
+
+    cfg = config_mod.Config(
+        study=config_mod.StudyConfig(storage="postgresql+psycopg://u:secret@db/evo"),
+        llm=config_mod.LLMConfig(base_url="https://u:secret@llm.example/v1?api_key=secret"),
+        executor=config_mod.ExecutorConfig(ray_address="ray://admin:secret@head:10001"),
+    )
+    d = mask_config(cfg.to_dict())
+    assert "secret" not in repr(d)
+    assert d["llm"]["base_url"] == "https://u:***@llm.example/v1?api_key=***"
+    assert d["executor"]["ray_address"] == "ray://admin:***@head:10001"
+    assert d["search"] == cfg.to_dict()["search"]  # the rest unchanged
+
+
+def test_postgresql_without_its_driver_names_the_driver_and_the_url_form() -> None:
+    """SQLAlchemy only said "Failed to import DB access module"."""
+    import importlib.util
+
+    from evo.archive import open_storage
+    from evo.errors import EvoError
+
+    if importlib.util.find_spec("psycopg2") is not None:
+        pytest.skip("psycopg2 is installed here: the URL below would be opened")
+    with pytest.raises(EvoError) as info:
+        open_storage("postgresql+psycopg2://u:secret@127.0.0.1:1/x")
+    assert str(info.value) == (
+        "storage postgresql+psycopg2://u:***@127.0.0.1:1/x: cannot open: the PostgreSQL driver psycopg2 is not installed; "
+        'install psycopg 3 (pip install "psycopg[binary]") and use the URL form postgresql+psycopg://user:password@host/db')
+    if importlib.util.find_spec("psycopg") is None:  # no driver at all: the plain URL says the same
+        with pytest.raises(EvoError, match=r"no PostgreSQL driver is installed; install psycopg 3 \(pip install \"psycopg\[binary\]\"\)"):
+            open_storage("postgresql://u:secret@127.0.0.1:1/x")
