@@ -61,6 +61,8 @@ class SearchConfig:
     secondary_metric: str = ""  # e.g. peak_rss_mb: selection turns to NSGA-II
     secondary_direction: str = "minimize"
     steady_state: bool = True  # refill a worker as soon as it frees (no generation barrier)
+    exploit: float = 0.7  # population: chance a parent is the best so far (else a power-law draw by rank)
+    rank_power: float = 1.0  # population: a parent of rank r (0 = best) is drawn with weight (r + 1) ** -rank_power
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class OperatorsConfig:
     step: float = 0.5  # constants operator: std of the log-scale step for positive floats
     program: str = ""  # research directions for LLM/agent prompts (e.g. model/program.md)
     duplicate_retries: int = 3  # a child whose code already exists is proposed again this many times
+    step_dist: str = "cauchy"  # constants operator: cauchy (heavy-tailed) | gauss steps of scale `step`
+    exclude: tuple[str, ...] = ()  # constants operator: names it never changes (also: `# evo: fixed` markers)
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("search", "secondary_direction"): ("minimize", "maximize"),
     ("operators", "mutation"): ("constants", "llm", "agent"),
     ("operators", "conflict"): ("fitter", "random", "llm"),
+    ("operators", "step_dist"): ("cauchy", "gauss"),
     ("executor", "kind"): ("local", "ray"),
 }
 
@@ -290,6 +295,10 @@ def _finish(cfg: Config, base: Path, stem: str) -> Config:
     ):
         if val < lo:
             raise ConfigError(f"{src}: [search] {key} = {val}: must be >= {lo}")
+    if not (0.0 <= se.exploit <= 1.0):
+        raise ConfigError(f"{src}: [search] exploit = {se.exploit}: must be between 0 and 1")
+    if not (0.0 <= se.rank_power <= 100.0):
+        raise ConfigError(f"{src}: [search] rank_power = {se.rank_power}: must be between 0 and 100")
     if cfg.operators.duplicate_retries < 0:
         raise ConfigError(f"{src}: [operators] duplicate_retries = {cfg.operators.duplicate_retries}: must be >= 0")
     for key, val in (("crossover_rate", se.crossover_rate), ("mutation_rate", se.mutation_rate), ("gate", sp.gate), ("seed_corr", sp.seed_corr)):

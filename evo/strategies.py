@@ -91,7 +91,21 @@ class RandomSearch:
 
 
 class Population:
-    """(mu + lambda) with DEAP tournament (or NSGA-II) selection, crossover by git merge."""
+    """A steady-state population with selection pressure, crossover of non-nested lines by git merge.
+
+    * Generation 0 is no wasted generation: at most one mutant of the baseline per worker; every
+      later child is bred from what has been evaluated by then.
+    * A parent is the incumbent (the mainline's candidate; the best ranked when the incumbent is not
+      among the survivors) with probability `exploit`, else a
+      draw among the `population` best by rank, weight (rank + 1) ** -rank_power divided by
+      (1 + the children it already had that did not beat it): lines that keep failing breed less.
+    * Ranking uses a candidate's mean over every seed it ran (`Individual.mean()`), so one lucky
+      screening run does not outrank a candidate measured on several seeds.
+    * A crossover (probability `crossover_rate`) takes a partner drawn the same way among the lines
+      that neither contain nor are contained in the first parent (ancestry from `parent_indices`):
+      a merge of nested lines is a copy of the newer one. With no such partner, it is a mutation.
+    * With a `secondary_metric`, survivors and tournaments are NSGA-II's (DEAP), as before.
+    """
 
     name = "population"
 
@@ -101,16 +115,21 @@ class Population:
         self.direction = Direction(direction)
         self.secondary = cfg.secondary_metric
         self.secondary_direction = Direction(secondary_direction)
-        # generation 0: the baseline plus (population - 1) mutants of it; then `generations` of population each
+        # budget in children: (population - 1) in generation 0, then `generations` of population each
         self.planned = (self.mu - 1) + cfg.generations * self.mu
 
     def generation_of(self, index: int) -> int:
         return 0 if index < self.mu else 1 + (index - self.mu) // self.mu
 
+    def score(self, ind: Individual) -> float:
+        """Higher is better: the mean over its seeds, oriented."""
+        m = ind.mean()
+        return self.direction.oriented(m if m is not None else ind.value)  # type: ignore[arg-type]
+
     def members(self, pool: list[Individual]) -> list[_Member]:
         out = []
         for ind in pool:
-            vals: tuple[float, ...] = (self.direction.oriented(ind.value),)  # type: ignore[arg-type]
+            vals: tuple[float, ...] = (self.score(ind),)
             if self.secondary:
                 run = ind.runs.get(ind.screen_seed)
                 sec = run.metrics.get(self.secondary) if run else None
@@ -119,42 +138,91 @@ class Population:
         return out
 
     def survivors(self, pool: list[Individual]) -> list[_Member]:
-        """The mu best (plus-selection); NSGA-II ranks two objectives. The hall of fame (the
-        `elites` best on the primary metric) always survives, whatever the secondary says."""
+        """The mu best (plus-selection; ties to the earlier), best first; NSGA-II ranks two objectives.
+        The hall of fame (the `elites` best on the primary metric) always survives."""
         members = self.members(pool)
-        select = tools.selNSGA2 if self.secondary else tools.selBest
-        chosen = select(members, min(self.mu, len(members)))
+        if self.secondary:
+            chosen = tools.selNSGA2(members, min(self.mu, len(members)))
+        else:
+            chosen = sorted(members, key=lambda m: (-m.fitness.values[0], m.ind.index))[: self.mu]
         kept = {m.ind.index for m in chosen}
         fame = {i.index for i in hall_of_fame({m.ind.index: m.ind for m in members}, self.direction, self.cfg.elites)} if self.cfg.elites else set()
         return chosen + [m for m in members if m.ind.index in fame - kept]
 
     def plan(self, index: int, pop: dict[int, Individual], incumbent: Individual, rng: random.Random) -> Plan | None:
         gen = self.generation_of(index)
-        if gen == 0:
+        from_base = sum(1 for i in pop.values() if i.index > 0 and i.parent_indices == (0,) and i.generation == 0)
+        if gen == 0 and from_base < self.cfg.workers and index <= self.cfg.workers:
             return Plan(parents=(pop[0],), operator="mutation", generation=0)
-        if not self.cfg.steady_state:
+        if gen > 0 and not self.cfg.steady_state:
             waiting = [i for i in pop.values() if i.generation < gen and not i.finished]
             if waiting:
                 return None  # generational barrier: gen g breeds from gen < g, all finished
-        pool = evaluated(pop, before_generation=None if self.cfg.steady_state else gen)
+        pool = evaluated(pop, before_generation=None if (self.cfg.steady_state or gen == 0) else gen)
         if not pool:
             return Plan(parents=(pop[0],), operator="mutation", generation=gen)
         members = self.survivors(pool)
-        # DEAP's selectors draw from the global `random`: seed it from our rng for reproducibility
-        random.seed(rng.random())
-        if self.secondary:  # binary tournaments on Pareto rank, then crowding distance
-            padded = (members * 4)[: max(4, (len(members) + 3) // 4 * 4)]
-            picks = tools.selTournamentDCD(padded, 2)
+        if self.secondary:
+            a, b = self._nsga_pair(members, rng)
         else:
-            k = min(self.cfg.tournament_size, len(members))
-            picks = tools.selTournament(members, 1, tournsize=k)
-            # the second parent comes from a tournament among the others, so a small pool still crosses over
-            others = [m for m in members if m.ind.index != picks[0].ind.index] or members
-            picks += tools.selTournament(others, 1, tournsize=min(k, len(others)))
-        a, b = picks[0].ind, picks[1].ind
-        if a.index != b.index and rng.random() < self.cfg.crossover_rate:
+            ranked = [m.ind for m in members]
+            fails = failures(pop, self.direction)
+            # the incumbent while it is among the survivors, else the best ranked
+            inc = next((i for i in ranked if i.index == incumbent.index), ranked[0])
+            a = inc if rng.random() < self.cfg.exploit else self._draw(ranked, fails, rng)
+            b = None
+            if rng.random() < self.cfg.crossover_rate:
+                anc = ancestry(pop)
+                partners = [i for i in ranked if not nested(a.index, i.index, anc)]
+                b = self._draw(partners, fails, rng) if partners else None
+        if b is not None and a.index != b.index:
             return Plan(parents=(a, b), operator="crossover", generation=gen, mutate_after=rng.random() < self.cfg.mutation_rate)
         return Plan(parents=(a,), operator="mutation", generation=gen)
+
+    def _draw(self, ranked: list[Individual], fails: dict[int, int], rng: random.Random) -> Individual:
+        weights = [(r + 1) ** -self.cfg.rank_power / (1 + fails.get(i.index, 0)) for r, i in enumerate(ranked)]
+        return rng.choices(ranked, weights=weights, k=1)[0]
+
+    def _nsga_pair(self, members: list[_Member], rng: random.Random) -> tuple[Individual, Individual | None]:
+        # DEAP's selectors draw from the global `random`: seed it from our rng for reproducibility
+        random.seed(rng.random())
+        padded = (members * 4)[: max(4, (len(members) + 3) // 4 * 4)]
+        picks = tools.selTournamentDCD(padded, 2)
+        a, b = picks[0].ind, picks[1].ind
+        return a, (b if rng.random() < self.cfg.crossover_rate else None)
+
+
+def ancestry(pop: dict[int, Individual]) -> dict[int, set[int]]:
+    """index -> every index it descends from (through `parent_indices`, both parents of a merge)."""
+    out: dict[int, set[int]] = {}
+    for idx in sorted(pop):  # parents always have smaller indices
+        anc: set[int] = set()
+        for p in pop[idx].parent_indices:
+            if p != idx:
+                anc.add(p)
+                anc |= out.get(p, set())
+        out[idx] = anc
+    return out
+
+
+def nested(a: int, b: int, anc: dict[int, set[int]]) -> bool:
+    """One line contains the other (or they are the same): a merge would add nothing new."""
+    return a == b or a in anc.get(b, set()) or b in anc.get(a, set())
+
+
+def failures(pop: dict[int, Individual], direction: Direction) -> dict[int, int]:
+    """index -> how many of its children did not beat it (failed, pruned, duplicate or no better)."""
+    out: dict[int, int] = {}
+    for child in pop.values():
+        if not child.finished or not child.parent_indices:
+            continue
+        p = pop.get(child.parent_indices[0])
+        if p is None or p.value is None:
+            continue
+        cv = child.mean() if child.status == Status.EVALUATED else None
+        if cv is None or not direction.better(cv, p.mean() if p.mean() is not None else p.value):
+            out[p.index] = out.get(p.index, 0) + 1
+    return out
 
 
 def make_strategy(cfg: SearchConfig, direction: Direction) -> Strategy:

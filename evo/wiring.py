@@ -67,7 +67,8 @@ def build_operators(cfg: Config) -> tuple[Mutation, ConflictResolver]:
     else:
         from operators.constants import ConstantsMutation
 
-        mutation = ConstantsMutation(max_changes=cfg.operators.max_changes, step=cfg.operators.step)
+        mutation = ConstantsMutation(max_changes=cfg.operators.max_changes, step=cfg.operators.step,
+                                     step_dist=cfg.operators.step_dist, exclude=cfg.operators.exclude)
     resolver: ConflictResolver
     if cfg.operators.conflict == "llm":
         from operators.llm import LLMResolver
