@@ -220,7 +220,10 @@ def test_cli_flags_override_the_config(flagged: tuple[Path, optuna.Study]) -> No
 def test_random_strategy_breeds_every_child_from_the_baseline(flagged: tuple[Path, optuna.Study]) -> None:
     _, study = flagged
     ts = by_index(study)
-    assert len(study.user_attrs["promotions"]) >= 2  # the mainline moved, and still nobody bred from it
+    # the mainline moved before the last child was bred (one worker: a child is bred after the
+    # previous one was recorded), and still nobody bred from it
+    promos = study.user_attrs["promotions"]
+    assert promos and promos[0]["index"] < max(ts), promos
     for i, t in ts.items():
         if i > 0:
             assert t.user_attrs["parent_indices"] == [0], (i, t.user_attrs["parent_indices"])
@@ -230,7 +233,7 @@ def test_random_strategy_breeds_every_child_from_the_baseline(flagged: tuple[Pat
 def test_a_promotion_commit_has_the_previous_mainline_then_the_candidate_as_parents(flagged: tuple[Path, optuna.Study]) -> None:
     repo, study = flagged
     promos = study.user_attrs["promotions"]
-    assert len(promos) >= 2
+    assert promos, "the toy's constants start far from the optimum: some child is promoted"
     previous = study.user_attrs["base_commit"]
     for p in promos:
         assert git(repo, "log", "-1", "--format=%P", p["commit"]).split() == [previous, p["candidate"]]
@@ -261,7 +264,8 @@ print(f"score: {score:.6f}")
 def test_mutation_rate_decides_whether_a_crossover_child_is_also_mutated(tmp_path: Path, rate: float) -> None:
     study = search(tmp_path, repo_with(tmp_path, SPACED), study={"seed": 1},
                    search={"strategy": "population", "population": 3, "generations": 1, "crossover_rate": 1.0,
-                           "tournament_size": 1, "mutation_rate": rate})
+                           "tournament_size": 1, "mutation_rate": rate},
+                   operators={"duplicate_retries": 0})  # a merge that repeats a tree would be retried mutated
     crosses = [t for t in by_index(study).values() if len(t.user_attrs["parent_indices"]) == 2]
     assert crosses, "the seeded search made no crossover"
     want = "crossover+constants" if rate == 1.0 else "crossover"
