@@ -283,7 +283,7 @@ def test_best_with_sprt_shows_the_confirmation_and_warns_about_single_runs(lab: 
     assert m["pairs"] == d["pairs"] and m["llr"] == pytest.approx(d["llr"])
     assert f"{d['pairs']} paired seeds" in out and "llr" in out
     assert "baseline (no promotion yet)" not in out
-    assert m["n"] == d["pairs"]  # the mainline's value rests on every paired seed
+    assert m["n"] >= d["pairs"] >= 1  # the mainline's value rests on its paired seeds
     r = b["best_run"]
     off = not r["on_mainline"] and r["index"] != 0
     assert ("NOT on the mainline" in out) == off, (r, out)
