@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import math
 import os
 import re
+import subprocess
 import tomllib
 import types
 import typing
@@ -268,6 +270,8 @@ def _finish(cfg: Config, base: Path, stem: str) -> Config:
     if program:
         program = str((repo / program) if not Path(program).is_absolute() else Path(program))
     for key, val in (("time_budget", tg.time_budget), ("timeout", tg.timeout)):
+        if math.isinf(val):  # inf was accepted: no timeout at all
+            raise ConfigError(f"{src}: [target] {key} = {val}: must be a finite number of seconds")
         if not val > 0:
             raise ConfigError(f"{src}: [target] {key} = {val}: must be > 0 seconds")
     if tg.timeout < tg.time_budget:
@@ -310,8 +314,9 @@ def _finish(cfg: Config, base: Path, stem: str) -> Config:
             raise ConfigError(f"{src}: [sprt] {key} = {val}: must be between 0 and 0.5")
     if sp.enabled and sp.replicates < 2:
         raise ConfigError(f"{src}: [sprt] replicates = {sp.replicates}: the noise model needs at least 2")
-    if sp.delta < 0:
-        raise ConfigError(f"{src}: [sprt] delta = {sp.delta}: must be >= 0 (0 = one seed sigma)")
+    if not (math.isfinite(sp.delta) and sp.delta >= 0):  # nan passed `< 0` and turned every test into "no"
+        raise ConfigError(f"{src}: [sprt] delta = {sp.delta}: must be a finite number >= 0 (0 = one seed sigma)")
+    _check_numbers(cfg)
     if sp.max_pairs < 2:
         raise ConfigError(f"{src}: [sprt] max_pairs = {sp.max_pairs}: must be >= 2")
     if cfg.operators.mutation == "llm" and not cfg.llm.model:
@@ -323,12 +328,65 @@ def _finish(cfg: Config, base: Path, stem: str) -> Config:
                               "to every run; name it exactly if the runs need it")
     if cfg.operators.mutation == "agent" and not cfg.agent.command:
         raise ConfigError(f"{src}: [agent] command: missing; required when [operators] mutation = 'agent'")
+    _check_ref_clash(cfg, repo, name)
     return replace(
         cfg,
         study=replace(st, name=name, storage=storage, results=str(results.resolve())),
         target=replace(tg, repo=str(repo)),
         operators=replace(cfg.operators, program=program),
     )
+
+
+def _check_numbers(cfg: Config) -> None:
+    """Values that were silently accepted and made no sense: a non-finite number anywhere, a
+    negative limit, a step or count that does nothing. One line naming [section] key = value."""
+    src = cfg.source
+    for sec in _SECTIONS:
+        for f in dataclasses.fields(getattr(cfg, sec)):
+            val = getattr(getattr(cfg, sec), f.name)
+            if isinstance(val, float) and not math.isfinite(val):
+                raise ConfigError(f"{src}: [{sec}] {f.name} = {val}: must be a finite number")
+    o, tg, ll, ag, ex = cfg.operators, cfg.target, cfg.llm, cfg.agent, cfg.executor
+    checks: list[tuple[str, str, float, bool, str]] = [
+        ("operators", "max_changes", o.max_changes, o.max_changes >= 1, "must be >= 1 (literals changed per child)"),
+        ("operators", "step", o.step, o.step > 0, "must be > 0 (the std of the log-scale step)"),
+        ("target", "memory_limit_mb", tg.memory_limit_mb, tg.memory_limit_mb >= 0, "must be >= 0 (0 = no limit)"),
+        ("target", "max_log_bytes", tg.max_log_bytes, tg.max_log_bytes >= 0, "must be >= 0"),
+        ("llm", "temperature", ll.temperature, ll.temperature >= 0, "must be >= 0"),
+        ("llm", "max_tokens", ll.max_tokens, ll.max_tokens >= 1, "must be >= 1"),
+        ("llm", "timeout", ll.timeout, ll.timeout > 0, "must be > 0 seconds"),
+        ("llm", "deadline", ll.deadline, ll.deadline > 0, "must be > 0 seconds"),
+        ("llm", "retries", ll.retries, ll.retries >= 0, "must be >= 0"),
+        ("llm", "fix_attempts", ll.fix_attempts, ll.fix_attempts >= 0, "must be >= 0"),
+        ("llm", "token_budget", ll.token_budget, ll.token_budget >= 0, "must be >= 0 (0 = unlimited)"),
+        ("agent", "timeout", ag.timeout, ag.timeout > 0, "must be > 0 seconds"),
+        ("executor", "cpus_per_trial", ex.cpus_per_trial, ex.cpus_per_trial >= 0, "must be >= 0"),
+        ("executor", "gpus_per_trial", ex.gpus_per_trial, ex.gpus_per_trial >= 0, "must be >= 0"),
+        ("executor", "retries", ex.retries, ex.retries >= 0, "must be >= 0"),
+    ]
+    for sec, key, val, ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{src}: [{sec}] {key} = {val}: {message}")
+
+
+def _check_ref_clash(cfg: Config, repo: Path, name: str) -> None:
+    """A study's refs live under refs/heads/evo/<name>/: a user branch `evo` or `evo/<name>` makes
+    them impossible (git: "cannot lock ref"), found only after the study was created."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "for-each-ref", "--format=%(refname)", "refs/heads/evo", f"refs/heads/evo/{name}"],
+            capture_output=True, text=True, timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return  # not a usable repository: the repository checks say so
+    if out.returncode != 0:
+        return
+    refs = set(out.stdout.split())
+    for clash in ("refs/heads/evo", f"refs/heads/evo/{name}"):
+        if clash in refs:
+            branch = clash[len("refs/heads/"):]
+            raise ConfigError(f"{cfg.source}: [study] name = {name!r}: the study's branches evo/{name}/... cannot exist next to "
+                              f"the branch '{branch}' in {repo}; rename that branch or choose another study name")
 
 
 def with_overrides(cfg: Config, **sections: dict[str, Any]) -> Config:

@@ -13,14 +13,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from evo.errors import StudyLocked
+from evo.errors import EvoError, StudyLocked
 
 
 @contextmanager
 def study_lock(git_dir: Path, study: str) -> Iterator[None]:
     path = git_dir / "evo" / f"{study}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a read-only repository, a full disk: one line, not a traceback
+        raise EvoError(f"cannot take the lock of study '{study}' ({path}): {e.strerror or e}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -96,9 +96,20 @@ class Bench:
         return argv
 
     def target(self, code: str, check: Callable[[optuna.trial.FrozenTrial], None] | None = None, **target: Any) -> Case:
-        """A baseline whose run misbehaves: the fault shows in its trial."""
-        self.make_repo({"target.py": code})
-        return Case(self.config(target={"timeout": 20, **target}), runtime=True, check=check)
+        """A candidate whose run misbehaves: the baseline runs clean (a baseline that fails stops the
+        search: row `baseline-crashes`), the constants operator changes X, and the child runs `code`."""
+        self.make_repo({"target.py": CHILD_ONLY.format(code=textwrap.indent(code, "    "))})
+        return Case(self.config(target={"timeout": 20, **target}, search={"generations": 1}), runtime=True, index=1, check=check)
+
+
+# the fault runs in the candidate only (the baseline has X = 1.0; the child's X differs)
+CHILD_ONLY = """\
+X = 1.0
+if X != 1.0:
+{code}
+    raise SystemExit(0)
+print("score: 1.0")
+"""
 
 
 CASES: dict[str, Callable[[Bench], Case]] = {}
@@ -225,6 +236,54 @@ def one_replicate(b: Bench) -> list[str]:
     return b.config(sprt={"enabled": True, "replicates": 1})
 
 
+@case
+def delta_nan(b: Bench) -> list[str]:
+    b.make_repo()
+    return b.config(sprt={"enabled": True, "delta": float("nan")})
+
+
+@case
+def alpha_nan(b: Bench) -> list[str]:
+    b.make_repo()
+    return b.config(sprt={"enabled": True, "alpha": float("nan")})
+
+
+@case
+def timeout_inf(b: Bench) -> list[str]:
+    b.make_repo()
+    return b.config(target={"timeout": float("inf")})
+
+
+@case
+def time_budget_inf(b: Bench) -> list[str]:
+    b.make_repo()
+    return b.config(target={"time_budget": float("inf"), "timeout": float("inf")})
+
+
+@case
+def step_negative(b: Bench) -> list[str]:
+    b.make_repo()
+    return b.config(operators={"step": -1.0})
+
+
+@case
+def max_changes_zero(b: Bench) -> list[str]:
+    b.make_repo()
+    return b.config(operators={"max_changes": 0})
+
+
+@case
+def memory_limit_negative(b: Bench) -> list[str]:
+    b.make_repo()
+    return b.config(target={"memory_limit_mb": -5})
+
+
+@case
+def llm_timeout_inf(b: Bench) -> list[str]:
+    b.make_repo()
+    return b.config(llm={"timeout": float("inf")})
+
+
 # the target's keys
 @case
 def metric_not_a_name(b: Bench) -> list[str]:
@@ -329,6 +388,21 @@ def storage_folder_impossible(b: Bench) -> list[str]:
     return b.config(study={"storage": "sqlite:////dev/null/evo.db"})
 
 
+@case
+def study_name_clashes_with_a_branch(b: Bench) -> list[str]:
+    """A user branch `evo`: refs/heads/evo/toy/main cannot exist next to it (git: cannot lock ref)."""
+    b.make_repo()
+    git(b.repo, "branch", "evo")
+    return b.config()
+
+
+@case
+def study_name_clashes_with_its_namespace(b: Bench) -> list[str]:
+    b.make_repo()
+    git(b.repo, "branch", "evo/toy")
+    return b.config()
+
+
 # the repository
 @case
 def missing_repo(b: Bench) -> list[str]:
@@ -389,6 +463,30 @@ def setup_fails(b: Bench) -> Case:
 def mutable_file_not_utf8(b: Bench) -> list[str]:
     b.make_repo({"target.py": b"X = 1.0\n# caf\xe9\nprint('score: 1')\n"})
     return b.config(search={"generations": 1})
+
+
+@case
+def baseline_crashes(b: Bench) -> Case:
+    """Nothing can be compared with a baseline that does not run: the search stops at once."""
+    b.make_repo({"target.py": "import sys\nsys.exit(3)\n"})
+    return Case(b.config(search={"generations": 3}), creates=True)
+
+
+# promoting by hand
+@case
+def promote_to_an_empty_branch(b: Bench) -> Case:
+    """`--to ""` used to mean the mainline without taking the study's lock."""
+    b.make_repo()
+    assert run_cli(b.config())[0] == 0
+    return Case(["promote", "toy", "--trial", "0", "--to", "", "--storage", f"sqlite:///{b.tmp / 'evo.db'}"], creates=True)
+
+
+@case
+def promote_to_a_study_ref(b: Bench) -> Case:
+    b.make_repo()
+    assert run_cli(b.config())[0] == 0
+    return Case(["promote", "toy", "--trial", "0", "--to", "evo/toy/c/00000", "--storage", f"sqlite:///{b.tmp / 'evo.db'}"],
+                creates=True)
 
 
 # faults of a run: the search goes on, the trial says what happened
@@ -499,17 +597,52 @@ print("score: 1.0")
 
 @case
 def run_deletes_outside_its_checkout(b: Bench) -> Case:
-    canary = b.tmp / "tmp" / "someone-elses-file"
-    canary.parent.mkdir(exist_ok=True)
+    """`rm -rf ../*` from the checkout, made safe to run here: the checkouts go to a throwaway folder
+    this test made (<tmp>/tmp), and the run deletes only when a marker only this test wrote sits
+    next to its checkout; anywhere else (a checkout that moved to the shared /tmp) it deletes
+    nothing and the check fails. Everything outside the throwaway folder is compared before/after."""
+    import uuid
+
+    throwaway = b.tmp / "tmp"  # test_bad_input points tempfile here: every checkout of this test is made in it
+    throwaway.mkdir(exist_ok=True)
+    marker = f"THROWAWAY-{uuid.uuid4().hex}"
+    (throwaway / marker).write_text("this folder may be wiped\n")
+    canary = throwaway / "someone-elses-file"
     canary.write_text("x")
-    code = "import os\nos.system('rm -rf ../*')  # everything next to its checkout\nprint('score: 1.0')\n"
+    (b.tmp / "outside-canary").write_text("must survive\n")
+    code = f"""\
+import os, sys
+if not os.path.isfile(os.path.join(os.path.dirname(os.getcwd()), {marker!r})):
+    print("not in the test's throwaway folder: deleting nothing")
+    sys.exit(5)
+os.system('rm -rf ../*')  # everything next to its checkout
+print('score: 1.0')
+"""
+    case = b.target(code)
+    before = _snapshot(b.tmp, skip=throwaway)
 
     def check(t: optuna.trial.FrozenTrial) -> None:
-        assert not canary.exists()  # the damage is real: the file system is not sandboxed ...
-        assert git(b.repo, "status", "--porcelain") == "" and (b.repo / "target.py").read_text() == code  # ... the repo is elsewhere
+        assert not canary.exists() and not (throwaway / marker).exists()  # the damage is real: no sandbox ...
+        assert _snapshot(b.tmp, skip=throwaway) == before  # ... and it stayed inside the throwaway folder
+        assert git(b.repo, "status", "--porcelain") == ""  # the repository (elsewhere) is untouched
         assert git(b.repo, "rev-parse", "refs/heads/evo/toy/main") == git(b.repo, "rev-parse", "HEAD")
 
-    return b.target(code, check)
+    case.check = check
+    return case
+
+
+def _snapshot(root: Path, skip: Path) -> dict[str, str]:
+    """Every file under root (but `skip`, and what evo itself writes: the storage, results/ and
+    .git/) with its content hash."""
+    import hashlib
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if p == skip or skip in p.parents or rel.parts[0] in ("results", "evo.db", "evo.db-journal") or ".git" in rel.parts:
+            continue
+        out[str(rel)] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
 
 
 @case
