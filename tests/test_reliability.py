@@ -399,3 +399,53 @@ def test_postgresql_without_its_driver_names_the_driver_and_the_url_form() -> No
     if importlib.util.find_spec("psycopg") is None:  # no driver at all: the plain URL says the same
         with pytest.raises(EvoError, match=r"no PostgreSQL driver is installed; install psycopg 3 \(pip install \"psycopg\[binary\]\"\)"):
             open_storage("postgresql://u:secret@127.0.0.1:1/x")
+
+
+# -- 7. a second Ctrl-C still kills what runs; promote takes the lock --------------------------------
+
+def test_a_second_ctrl_c_during_clean_up_still_kills_a_run_that_ignores_sigterm(tmp_path: Path, make_repo) -> None:  # noqa: ANN001
+    pidfile = tmp_path / "pid"
+    repo = make_repo(files={"target.py": f"""\
+        import os, signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL ends it
+        open({str(pidfile)!r}, "w").write(str(os.getpid()))
+        time.sleep(300)
+        print("score: 1.0")
+        """})
+    cfg = write_config(tmp_path / "evo.toml", repo, tmp_path / "evo.db", target={"timeout": 300, "time_budget": 1})
+    proc = subprocess.Popen([PY, "-m", "evo", "search", "--config", str(cfg)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert wait_until(lambda: pidfile.exists() and pidfile.read_text() != "", 60), "the baseline never started"
+        pid = int(pidfile.read_text())
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)  # inside the 1 s SIGTERM grace: the clean-up is waiting for the run
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        assert wait_until(lambda: not alive(pid), 3), "the run outlived evo"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if pidfile.exists() and pidfile.read_text() and alive(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+def test_promote_to_the_mainline_by_its_name_takes_the_study_lock(tmp_path: Path, make_repo) -> None:  # noqa: ANN001
+    """`--to evo/toy/main` skipped the lock and moved the mainline under a running search."""
+    import contextlib
+    import io
+
+    from evo import cli
+    from evo.lock import study_lock
+
+    repo = make_repo()
+    cfg = write_config(tmp_path / "evo.toml", repo, tmp_path / "evo.db", search={"generations": 0})
+    assert cli.main(["search", "--config", str(cfg)]) == 0
+    storage = f"sqlite:///{tmp_path / 'evo.db'}"
+    before = git(repo, "rev-parse", "refs/heads/evo/toy/main")
+    for to in ("evo/toy/main", "refs/heads/evo/toy/main"):
+        err = io.StringIO()
+        with study_lock(repo / ".git", "toy"), contextlib.redirect_stderr(err):  # a search is running
+            rc = cli.main(["promote", "toy", "--trial", "0", "--to", to, "--storage", storage])
+        assert rc == 3 and "is already running" in err.getvalue(), err.getvalue()
+        assert git(repo, "rev-parse", "refs/heads/evo/toy/main") == before
