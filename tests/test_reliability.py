@@ -449,3 +449,38 @@ def test_promote_to_the_mainline_by_its_name_takes_the_study_lock(tmp_path: Path
             rc = cli.main(["promote", "toy", "--trial", "0", "--to", to, "--storage", storage])
         assert rc == 3 and "is already running" in err.getvalue(), err.getvalue()
         assert git(repo, "rev-parse", "refs/heads/evo/toy/main") == before
+
+
+def test_ray_log_faults_on_the_controller_are_crashed_runs_and_free_their_slots(make_repo, tmp_path: Path) -> None:  # noqa: ANN001
+    """The Ray executor's controller side: a log folder that cannot be made (raised out of submit()
+    and lost the slot) and a log that cannot be written when the result comes back (raised out of
+    wait()) are each the job's crashed outcome."""
+    ray = pytest.importorskip("ray")
+    from evo.config import ExecutorConfig
+    from evo.executors.ray import RayExecutor
+
+    repo = make_repo()
+    if ray.is_initialized():
+        ray.shutdown()
+    g = GitRepo(repo)
+    ex = RayExecutor(g, RunTemplate(command=f"{PY} target.py", timeout=60, time_budget=1, metric="score"), 3,
+                     ExecutorConfig(kind="ray"))
+    try:
+        head = g.head()
+        ex.submit(Job(0, head, 0, "baseline", Path("/dev/null/res/00000-seed0.log")))
+        ex.submit(Job(1, head, 0, "candidate", Path("/dev/full")))
+        ex.submit(Job(2, head, 0, "candidate", tmp_path / "logs" / "00002-seed0.log"))
+        done = []
+        end = time.monotonic() + 120
+        while len(done) < 3 and time.monotonic() < end:
+            done += ex.wait(0.5)
+        got = {d.job.index: d.result for d in done}
+        assert sorted(got) == [0, 1, 2], got
+        assert got[0].outcome == "crashed" and got[0].evo_fault
+        assert got[0].reason == "not run: evo cannot write its log /dev/null/res/00000-seed0.log: Not a directory"
+        assert got[1].outcome == "crashed" and got[1].value is None and got[1].evo_fault
+        assert got[1].reason == "evo could not write the run's log /dev/full: No space left on device"
+        assert got[2].outcome == "complete"
+        assert ex.free() == 3 and ex.busy() == 0
+    finally:
+        ex.shutdown()

@@ -52,7 +52,7 @@ from evo.config import ExecutorConfig
 from evo.errors import EvoError
 from evo.executors.base import Done, Job, RunTemplate
 from evo.gitrepo import GitRepo, export_tree
-from evo.runner import RunResult
+from evo.runner import RunResult, safe_text
 
 MARKER_ENV = "EVO_RAY_RUN"  # set in each run's environment; the watchdog kills what carries it
 CACHE_ENV = "EVO_RAY_CACHE"  # set on a node (in `ray start`'s environment) to move EVO_CACHE there
@@ -379,8 +379,14 @@ class RayExecutor:
     def _launch(self, fl: _Flight) -> None:
         job = fl.job
         fl.key = f"{job.index}:{job.seed}:{fl.attempt}:{uuid.uuid4().hex[:8]}"
-        job.log_path.parent.mkdir(parents=True, exist_ok=True)
-        job.log_path.write_bytes(b"")
+        try:
+            job.log_path.parent.mkdir(parents=True, exist_ok=True)
+            job.log_path.write_bytes(b"")
+        except OSError as e:  # as a local slot says it: never an exception out of submit() (the slot would be lost)
+            res = RunResult("crashed", reason=safe_text(f"not run: evo cannot write its log {job.log_path}: {e.strerror or e}"),
+                            evo_fault=True)
+            self._ready.append(Done(job, res, fl.slot, []))
+            return
         try:
             tar = self._tarball(job.commit)
         except Exception as e:  # noqa: BLE001 - becomes the trial's reason
@@ -414,14 +420,20 @@ class RayExecutor:
                 self._launch(fl)
                 return None
             return self._lost_done(fl, why, "crashed")
+        except Exception as e:  # noqa: BLE001 - anything else (a result that does not unpickle, ...): the job's outcome
+            return self._lost_done(fl, safe_text(f"evo failed while collecting the run: {type(e).__name__}: {e}"), "crashed")
         self._busy_seconds += float(payload.get("busy", 0.0))
         result: RunResult = payload["result"]
         log: bytes = payload.get("log", b"")
         notes = [f"[evo] attempt {i + 1} lost ({why}); retried" for i, why in enumerate(fl.lost)]
         if notes:
             log += ("\n" + "\n".join(notes) + f"\n[evo] attempt {fl.attempt + 1} ran on {payload.get('node')}\n").encode()
-        fl.job.log_path.parent.mkdir(parents=True, exist_ok=True)
-        fl.job.log_path.write_bytes(log)
+        try:
+            fl.job.log_path.parent.mkdir(parents=True, exist_ok=True)
+            fl.job.log_path.write_bytes(log)
+        except OSError as e:  # a full disk here: the run ended, but its evidence is lost; said, not raised
+            result = dataclasses.replace(result, outcome="crashed", value=None, evo_fault=True, reason=safe_text(
+                f"evo could not write the run's log {fl.job.log_path}: {e.strerror or e}"))
         trace = list(payload.get("trace") or [])
         if fl.job.monitor is not None and hasattr(fl.job.monitor, "trace"):
             try:
