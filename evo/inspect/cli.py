@@ -772,7 +772,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
         raise missing_study(args.study, url, names)
 
     def describe(p: Any) -> list[str]:
-        refs = sorted(p.refs)
+        refs = sorted(p.refs, key=lambda r: (not r.endswith("/main"), r))  # the mainline first
         shown = ", ".join(_short(r) for r in refs[:3]) + (f", ... ({len(refs)} in all)" if len(refs) > 3 else "")
         lines = [f"  archive    study '{p.study}' ({p.trials} trials) in {mask_url(p.url)}"]
         if p.repo is not None:
