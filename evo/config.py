@@ -329,6 +329,7 @@ def _finish(cfg: Config, base: Path, stem: str) -> Config:
     if cfg.operators.mutation == "agent" and not cfg.agent.command:
         raise ConfigError(f"{src}: [agent] command: missing; required when [operators] mutation = 'agent'")
     _check_ref_clash(cfg, repo, name)
+    _check_creatable(src, "results", str(st.results or results), results)
     return replace(
         cfg,
         study=replace(st, name=name, storage=storage, results=str(results.resolve())),
@@ -367,6 +368,18 @@ def _check_numbers(cfg: Config) -> None:
     for sec, key, val, ok, message in checks:
         if not ok:
             raise ConfigError(f"{src}: [{sec}] {key} = {val}: {message}")
+
+
+def _check_creatable(src: str, key: str, value: str, folder: Path) -> None:
+    """That `folder` exists or can be made, without making it: its nearest existing ancestor is a
+    writable folder. (Found later, every run crashed on its log: `results = "/dev/null/res"`.)"""
+    p = folder.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise ConfigError(f"{src}: [study] {key} = {value!r}: cannot be a folder ({p} is not a folder)")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"{src}: [study] {key} = {value!r}: cannot be written ({p} is not writable)")
 
 
 def _check_ref_clash(cfg: Config, repo: Path, name: str) -> None:

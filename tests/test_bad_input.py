@@ -403,6 +403,13 @@ def study_name_clashes_with_its_namespace(b: Bench) -> list[str]:
     return b.config()
 
 
+@case
+def results_folder_impossible(b: Bench) -> list[str]:
+    """Found later, every run crashed on its log (and the search went on, or hung in a worker)."""
+    b.make_repo()
+    return b.config(study={"results": "/dev/null/res"})
+
+
 # the repository
 @case
 def missing_repo(b: Bench) -> list[str]:
