@@ -484,3 +484,55 @@ def test_ray_log_faults_on_the_controller_are_crashed_runs_and_free_their_slots(
         assert ex.free() == 3 and ex.busy() == 0
     finally:
         ex.shutdown()
+
+
+# -- a full disk under a whole search ------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):  # noqa: ANN201
+    """A 256 kB tmpfs (needs root and a mount namespace that allows it; skipped with the reason otherwise)."""
+    where = tmp_path / "res"
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a tmpfs needs root: the disk-full search is not run here")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.mark.xfail(strict=True, reason="lead: Breeder.save_artifacts lets OSError (disk full) escape as a traceback; "
+                                       "make it a clear exit (EvoError) or a recorded failure, then drop this mark")
+def test_a_full_disk_mid_search_ends_clearly_in_seconds_and_the_study_resumes(tmp_path: Path, make_repo, tiny_disk: Path) -> None:  # noqa: ANN001
+    repo = make_repo(files={"target.py": """\
+        import sys
+        X = 1.0
+        if X != 1.0:  # every candidate prints 1 MB: its log fills the 256 kB results disk
+            for _ in range(5000):
+                sys.stdout.write("y" * 199 + "\\n")
+        print(f"score: {X}")
+        """})
+    cfg = write_config(tmp_path / "evo.toml", repo, tmp_path / "evo.db", study={"results": str(tiny_disk)},
+                       search={"generations": 3})
+    cmd = [PY, "-m", "evo", "search", "--config", str(cfg)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.monotonic()
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    took = time.monotonic() - t0
+    out = res.stdout + res.stderr
+    assert "Traceback" not in out, out[-3000:]
+    assert res.returncode in (0, 2), out[-3000:]
+    assert took < 120, took
+    import optuna
+
+    trials = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'evo.db'}").get_trials()
+    first = next(t for t in trials if t.user_attrs["index"] == 1)
+    assert first.user_attrs["outcome"] == "crashed"
+    assert first.user_attrs["reason"].endswith(": No space left on device")
+    # the disk freed, the same command resumes and finishes
+    subprocess.run(["umount", "-l", str(tiny_disk)], capture_output=True)
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
