@@ -338,3 +338,39 @@ def test_runs_see_only_the_gpus_ray_gave_them(cluster: str, make_repo, tmp_path:
     assert seen == {1.0: "cuda=[0]", 0.0: "cuda=[]"}
     with pytest.raises(Exception, match="gpus_per_trial = 2"):
         executor(repo, gpus_per_trial=2)
+
+
+# Two runs that each wait for the other to start: they meet only when Ray runs them at once.
+MEET = '''\
+import os, pathlib, time
+events = pathlib.Path({events!r})
+me = os.environ["EVO_SEED"]
+with open(events, "a") as f:
+    f.write(f"start {{me}}\\n")
+deadline = time.monotonic() + {wait}
+while time.monotonic() < deadline and len([x for x in events.read_text().split("\\n") if x.startswith("start")]) < 2:
+    time.sleep(0.05)
+with open(events, "a") as f:
+    f.write(f"end {{me}}\\n")
+print("score: 1")
+'''
+
+
+@pytest.mark.parametrize("cpus", [1.0, 2.0])
+def test_cpus_per_trial_is_what_a_run_reserves(cluster: str, make_repo, tmp_path: Path, cpus: float) -> None:
+    """On the 2-CPU instance, two workers run two runs at once with cpus_per_trial = 1, and one
+    after the other with cpus_per_trial = 2 (each run holds both CPUs). Event order, not timing:
+    with 1 CPU each both start before either ends; with 2 the second starts after the first ends
+    (the first gives up waiting after 3 s)."""
+    events = tmp_path / "events"
+    repo = make_repo(files={"target.py": MEET.format(events=str(events), wait=60 if cpus == 1.0 else 3)})
+    ex = executor(repo, workers=2, cpus_per_trial=cpus)
+    try:
+        ex.submit(job(repo, tmp_path, index=1, seed=0))
+        ex.submit(job(repo, tmp_path, index=2, seed=1))
+        done = drain(ex, timeout=120)
+    finally:
+        ex.shutdown()
+    assert sorted(d.result.outcome for d in done) == ["complete", "complete"], [d.result.reason for d in done]
+    kinds = [line.split()[0] for line in events.read_text().splitlines()]
+    assert kinds == (["start", "start", "end", "end"] if cpus == 1.0 else ["start", "end", "start", "end"]), kinds
