@@ -536,3 +536,60 @@ def test_a_full_disk_mid_search_ends_clearly_in_seconds_and_the_study_resumes(tm
     subprocess.run(["umount", "-l", str(tiny_disk)], capture_output=True)
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+
+
+# -- PostgreSQL: the storage a Ray user shares between machines ---------------------------------------
+
+PG_URL = os.environ.get("EVO_TEST_POSTGRES", "postgresql+psycopg://evo@127.0.0.1:5432/evo")
+
+
+def _postgres_or_skip() -> str:
+    """The test server's URL; in CI (CI=true) its absence is a failure, elsewhere a skip with the reason."""
+    import importlib.util
+
+    from evo.archive import mask_url, open_storage
+    from evo.errors import EvoError
+
+    why = ""
+    if importlib.util.find_spec("psycopg") is None:
+        why = 'the PostgreSQL driver is not installed (pip install "psycopg[binary]")'
+    else:
+        try:
+            open_storage(PG_URL)
+        except EvoError as e:
+            why = f"no PostgreSQL server at {mask_url(PG_URL)} ({e}); start one with .ci/postgres"
+    if why:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI must run the PostgreSQL test: {why}")
+        print(f"skipped: {why}")
+        pytest.skip(why)
+    return PG_URL
+
+
+def test_a_two_worker_search_on_postgresql(tmp_path: Path, make_repo) -> None:  # noqa: ANN001
+    import optuna
+
+    from evo import cli
+
+    url = _postgres_or_skip()
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    repo = make_repo(noise=0.0)
+    cfg = write_config(tmp_path / "evo.toml", repo, tmp_path / "unused.db",
+                       study={"name": name, "storage": url}, search={"workers": 2, "generations": 6})
+    try:
+        assert cli.main(["search", "--config", str(cfg)]) == 0
+        study = optuna.load_study(study_name=name, storage=url)
+        trials = study.get_trials(deepcopy=False)
+        keys = [(t.user_attrs["index"], t.user_attrs["seed"]) for t in trials]
+        assert len(keys) == len(set(keys)) and len(trials) >= 7, keys  # every run once: the baseline and 6 children
+        assert study.user_attrs["config"]["study"]["storage"] == url  # no password here to mask
+        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert complete and all(t.value is not None for t in complete)
+        # resuming on the same server: nothing is run again
+        assert cli.main(["search", "--config", str(cfg)]) == 0
+        assert len(optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)) == len(trials)
+    finally:
+        try:
+            optuna.delete_study(study_name=name, storage=url)
+        except KeyError:
+            pass
