@@ -55,6 +55,7 @@ STUDIES = {
     "sprt": {"search": {"strategy": "greedy", "generations": 6}, "sprt": {"enabled": True, "replicates": 3, "max_pairs": 4, "delta": 0.5}},
     "pop-s1": {"study": {"seed": 1}, **POP},
     "pop-s2": {"study": {"seed": 2}, **POP},
+    "pop-g2": {"study": {"seed": 1}, **POP, "search": {**POP["search"], "generations": 2}},  # test_mainline_names_every_change promotes by hand in it
 }
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -250,7 +251,7 @@ def test_the_page_renders_tree_diff_and_curves_in_chromium(lab: Lab) -> None:
 
 
 def test_a_crossover_has_two_incoming_edges_and_several_studies_get_a_comparison(lab: Lab) -> None:
-    _, dom = rendered(lab, "pop-*", "sprt")
+    _, dom = rendered(lab, "pop-s*", "sprt")
     names = ["pop-s1", "pop-s2", "sprt"]
     crossed = 0
     for k, name in enumerate(names):
@@ -416,10 +417,10 @@ def test_lineage_and_members_print_readably(lab: Lab) -> None:
 
 
 def test_compare_defaults_to_the_confirmed_mainline(lab: Lab) -> None:
-    default = json.loads(lab.evo("compare", "sprt", "pop-*", "-f", "json", "--storage", lab.url))
-    best = json.loads(lab.evo("compare", "sprt", "pop-*", "-f", "json", "--value", "best", "--storage", lab.url))
+    default = json.loads(lab.evo("compare", "sprt", "pop-s*", "-f", "json", "--storage", lab.url))
+    best = json.loads(lab.evo("compare", "sprt", "pop-s*", "-f", "json", "--value", "best", "--storage", lab.url))
     assert default["value"] == "mainline" and best["value"] == "best"
-    for name in STUDIES:
+    for name in ("sprt", "pop-s1", "pop-s2"):
         st = lab.study(name)
         promotions = st.user_attrs.get("promotions", [])
         main = promotions[-1]["value"] if promotions else screening(st)[0].value
@@ -429,7 +430,7 @@ def test_compare_defaults_to_the_confirmed_mainline(lab: Lab) -> None:
     # the SPRT study's best single run was never confirmed: the two views differ there
     finals = {r["study"]: r["final"] for r in default["studies"]}
     assert finals["sprt"] < next(r["final"] for r in best["studies"] if r["study"] == "sprt")
-    text = lab.evo("compare", "sprt", "pop-*", "--storage", lab.url)
+    text = lab.evo("compare", "sprt", "pop-s*", "--storage", lab.url)
     assert "final mainline (promoted) value" in text.splitlines()[0]
 
 
@@ -489,3 +490,93 @@ def test_the_dashboard_is_read_only_by_default(lab: Lab, tmp_path: Path) -> None
             out, _ = proc.communicate()
     assert "read-only" in out.splitlines()[0]
     assert "pop-s2" in optuna.get_all_study_names(lab.url)
+
+
+# -- every change from the previous mainline, inherited ones named ------------------------------------
+def test_constant_changes_from_a_diff() -> None:
+    from evo.inspect.api import constant_changes, summarize_changes
+
+    diff = """diff --git a/t.py b/t.py
+--- a/t.py
++++ b/t.py
+@@ -1,6 +1,6 @@
+-LR = 0.1  # the rate
++LR = 0.2  # the rate
+ WIDTH = 8
+-OLD: int = 3
++NEW = 'x'
+-    INNER = 1
++    INNER = 2
++print('hi')
+"""
+    consts, other = constant_changes(diff)
+    assert consts == [("LR", "0.1", "0.2"), ("OLD", "3", None), ("NEW", None, "'x'")] and other == 3
+    assert summarize_changes(consts, other) == "LR 0.1 -> 0.2; OLD 3 -> (removed); NEW (new) -> 'x' (+3 other changed lines)"
+    assert summarize_changes([], 0) == "no change"
+
+
+def test_mainline_names_every_change_from_the_previous_step(lab: Lab, tmp_path: Path) -> None:
+    import evo as evo_pkg
+
+    st = lab.study("pop-g2")
+    shots = screening(st)
+    parents = {i: list(t.user_attrs.get("parent_indices", [])) for i, t in shots.items()}
+
+    def ancestors(i: int) -> set[int]:
+        seen, stack = set(), [i]
+        while stack:
+            j = stack.pop()
+            if j not in seen:
+                seen.add(j)
+                stack.extend(parents.get(j, []))
+        return seen
+
+    # promote by hand a candidate whose first parent was never promoted: its parent's change
+    # arrives with it, untested, and must be named
+    promoted = {p["index"] for p in st.user_attrs.get("promotions", [])}
+    main_idx = st.user_attrs["promotions"][-1]["index"] if promoted else 0
+    pick = next((i for i, t in sorted(shots.items(), reverse=True)
+                 if i > 0 and t.user_attrs.get("commit") and t.value is not None and parents[i] and parents[i][0] not in promoted | {0}
+                 and i not in ancestors(main_idx) and (ancestors(i) - ancestors(main_idx)) - {i}), None)
+    assert pick is not None, "the seeded population search makes a child of an unpromoted parent"
+    lab.evo("promote", "pop-g2", "--trial", str(shots[pick].number), "--storage", lab.url)
+
+    data = json.loads(lab.evo("mainline", "pop-g2", "-f", "json", "--storage", lab.url))
+    steps = data["steps"]
+    assert steps[-1]["index"] == pick
+    from evo.inspect.api import constant_changes, summarize_changes
+
+    for prev, step in zip(steps, steps[1:]):
+        assert step["brings"] == sorted(ancestors(step["index"]) - ancestors(prev["index"]))
+        diff = git(lab.repo, "diff", prev["commit"], step["commit"])
+        assert step["changes"] == summarize_changes(*constant_changes(diff))
+        assert step["drops"] == sorted(ancestors(prev["index"]) - ancestors(step["index"]))
+        # every constant that changed is the change of an individual the step brings or undoes
+        for name, _, _ in constant_changes(diff)[0]:
+            assert any(name in {c[0] for c in constant_changes(git(lab.repo, "diff", shots[b].user_attrs["parents"][0],
+                                                                   shots[b].user_attrs["commit"]))[0]}
+                       for b in step["brings"] + step["drops"] if shots[b].user_attrs.get("parents")), (step, name)
+    last = steps[-1]
+    inherited = [b for b in last["brings"] if b != pick]
+    assert inherited
+    text = lab.evo("mainline", "pop-g2", "--storage", lab.url)
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"step {last['step']} #{pick}: "))
+    assert line.startswith(f"step {last['step']} #{pick}: {last['changes']}; from ")
+    for b in inherited:
+        assert re.search(rf"#{b} \w+ '[^']*' \(\w+, inherited\)", line), (b, line)
+    for b in last["drops"]:
+        assert f"#{b} '" in line.split("; undoes ")[1], line
+    assert "change from the previous step" in text.splitlines()[1]
+    shown = lab.evo("show", "pop-g2", str(shots[pick].number), "--storage", lab.url, "--no-diff")
+    promo = next(ln for ln in shown.splitlines() if ln.strip().startswith("promotion"))
+    assert f"mainline step {last['step']}" in promo and last["changes"] in promo
+    assert all(f"#{b} '" in promo for b in inherited), promo
+    # the page: the step's section names the whole change and the inherited individuals
+    page = tmp_path / "g2.html"
+    lab.evo("report", "pop-g2", "-o", str(page), "--storage", lab.url)
+    blob = json.loads(re.search(r'id="evo-data">(.*?)</script>', page.read_text(), re.S).group(1))
+    step = blob["studies"][0]["mainline"][-1]
+    assert step["changes"] == last["changes"] and [v["index"] for v in step["via"]] == last["brings"]
+    assert [v["promoted"] for v in step["via"]] == [b == pick for b in last["brings"]]
+    s = evo_pkg.load_study("pop-g2", lab.url)
+    assert [c["index"] for c in s.mainline_changes()] == [st_["index"] for st_ in steps[1:]]

@@ -540,6 +540,54 @@ class EvoStudy(optuna.Study):
         self._mainline = rows
         return rows
 
+    def ancestors(self, index: int) -> set[int]:
+        """The individual and every ancestor (through all parents of crossovers)."""
+        members = self.members()
+        seen: set[int] = set()
+        stack = [index]
+        while stack:
+            i = stack.pop()
+            if i in seen or i not in members:
+                continue
+            seen.add(i)
+            stack.extend(members[i].parent_indices)
+        return seen
+
+    def mainline_changes(self, diffs: bool = True) -> list[dict[str, Any]]:
+        """Per promotion (step >= 1): everything that changed from the previous mainline step.
+
+        `brings`: the individuals whose changes arrive with it, oldest first: the promoted
+        candidate and every ancestor of it that the previous mainline individual does not have
+        (untested parents of the candidate, a crossover's other line); `drops`: those on the
+        previous step's line that the new one lacks (a promotion off the mainline's line undoes
+        their changes, as `evo promote` by hand can). `changes`: the
+        UPPER_CASE module constants that differ between the two mainline commits (from `git
+        diff`, so inherited changes are named too) with a count of other changed lines; `diff`:
+        that diff (None without the repository)."""
+        rows = self.mainline()
+        members = self.members()
+        repo = self.repo() if diffs else None
+        out = []
+        for prev, row in zip(rows, rows[1:]):
+            new, old = self.ancestors(row["index"]), self.ancestors(prev["index"])
+            brings, drops = sorted(new - old), sorted(old - new)
+            text = None
+            if repo is not None and prev["commit"] and row["commit"]:
+                try:
+                    text = repo.diff(prev["commit"], row["commit"])
+                except GitError as e:
+                    self.notes.append(f"cannot diff mainline step {row['step'] - 1} -> {row['step']}: {e}")
+            consts, other = constant_changes(text) if text is not None else ([], 0)
+            out.append({
+                "step": row["step"], "index": row["index"], "previous_index": prev["index"],
+                "brings": [{"index": i, "operator": members[i].operator, "description": members[i].description,
+                            "decision": members[i].decision.get("decision", ""), "promoted": i == row["index"]} for i in brings],
+                "drops": [{"index": i, "operator": members[i].operator, "description": members[i].description} for i in drops],
+                "constants": consts, "other_lines": other, "changes": summarize_changes(consts, other) if text is not None else None,
+                "diff": text,
+            })
+        return out
+
     # -- best ----------------------------------------------------------------------------------------
     def best(self) -> dict[str, Any]:
         """The mainline's current best with its confirmed stats, and the best single screening run."""
@@ -687,6 +735,50 @@ def _flatten(prefix: str, d: dict[str, Any], out: dict[str, Any]) -> None:
             _flatten(key + ".", v, out)
         else:
             out[key] = v
+
+
+_CONST = re.compile(r"^([A-Z][A-Z0-9_]*)\s*(?::[^=]*)?=\s*(.*?)\s*(?:#.*)?$")
+
+
+def constant_changes(diff: str) -> tuple[list[tuple[str, str | None, str | None]], int]:
+    """From a unified diff: (name, old, new) for each top-level UPPER_CASE assignment that
+    changed (old or new None when added or removed), and the number of other changed lines."""
+    old: dict[tuple[str, str], str] = {}
+    new: dict[tuple[str, str], str] = {}
+    order: list[tuple[str, str]] = []
+    other = 0
+    path = ""
+    for line in diff.splitlines():
+        if line.startswith("+++ ") or line.startswith("--- "):
+            if line.startswith("+++ "):
+                path = line[6:] if line.startswith("+++ b/") else line[4:]
+            continue
+        if not line or line[0] not in "+-" or line.startswith(("diff ", "index ")):
+            continue
+        m = _CONST.match(line[1:])
+        if m is None:
+            if line[1:].strip():
+                other += 1
+            continue
+        key = (path, m.group(1))
+        if key not in order:
+            order.append(key)
+        (old if line[0] == "-" else new)[key] = m.group(2)
+    out = []
+    for key in order:
+        o, n = old.get(key), new.get(key)
+        if o != n:
+            out.append((key[1], o, n))
+    return out, other
+
+
+def summarize_changes(consts: list[tuple[str, str | None, str | None]], other: int) -> str:
+    """'LR 0.1 -> 0.156; WIDTH 8 -> 9 (+2 other changed lines)'."""
+    parts = [f"{name} {'(new)' if o is None else o} -> {'(removed)' if n is None else n}" for name, o, n in consts]
+    text = "; ".join(parts)
+    if other:
+        text += f"{' (+' if text else ''}{other} other changed line{'s' if other != 1 else ''}{')' if text else ''}"
+    return text or "no change"
 
 
 def fmt_time(ts: float | None) -> str:

@@ -436,6 +436,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     kv.append(("branch", f"{a.get('branch') or '-'}  commit {str(a.get('commit') or '-')[:10]}"))
     if a.get("description") and a.get("description") != a.get("reason"):
         kv.append(("description", str(a["description"])))
+    if mem is not None and mem.promoted and mem.index > 0:  # what its promotion brought, inherited changes included
+        for c in s.mainline_changes():
+            if c["index"] != mem.index:
+                continue
+            inherited = [b for b in c["brings"] if not b["promoted"]]
+            kv.append(("promotion", f"mainline step {c['step']} (from #{c['previous_index']}): {c['changes'] or 'changes unknown (no repository)'}"
+                       + ("; inherits " + ", ".join(f"#{b['index']} '{T.truncate(b['description'], 50)}' ({b['decision'] or 'untested'})"
+                                                    for b in inherited) if inherited else "")
+                       + ("; undoes " + ", ".join(f"#{b['index']} '{T.truncate(b['description'], 50)}'" for b in c["drops"])
+                          if c["drops"] else "")))
     if "run_seconds" in a:
         kv.append(("run", f"{T.seconds(a.get('run_seconds'))} on worker {T.fmt(a.get('worker'))}, exit {T.fmt(a.get('returncode'))}; "
                           f"{fmt_time(t.datetime_start.timestamp() if t.datetime_start else None)} -> "
@@ -611,7 +621,15 @@ def cmd_mainline(args: argparse.Namespace) -> int:
     from evo.inspect.api import fmt_time, load_study
 
     s = load_study(args.study, args.storage)
-    rows = s.mainline()
+    rows = [dict(r) for r in s.mainline()]
+    # every change from the previous step (git diff of the two mainline commits), and the
+    # individuals it comes from: the candidate and the untested ancestors it inherited from
+    changes = {c["step"]: c for c in s.mainline_changes()}
+    for r in rows:
+        c = changes.get(r["step"])
+        r["changes"] = (c["changes"] if c else None) if r["step"] else None
+        r["brings"] = [b["index"] for b in c["brings"]] if c else []
+        r["drops"] = [b["index"] for b in c["drops"]] if c else []
     if args.format == "json":
         _out(T.to_json({"study": s.study_name, "branch": s.mainline_branch, "metric": s.metric, "direction": s.direction_name,
                         "steps": rows, "notes": list(dict.fromkeys(s.notes))}))
@@ -631,11 +649,24 @@ def cmd_mainline(args: argparse.Namespace) -> int:
         table_rows.append([r["step"], f"#{r['index']}", T.fmt(r["trial"]), r["evaluations"], T.fmt(r["value"]),
                            T.signed(r["gain"]), T.pct(r["gain_pct"]), T.truncate(r["decision"] or "-", 44),
                            (fmt_time(r["time"])[5:16] + (f" ({after})" if after else "")) if r["time"] else "-",
-                           (r["commit"] or "-")[:8], T.truncate(r["description"] or "", 40)])
-    _out(T.table(["step", "index", "trial", "runs", "value", "gain", "gain%", "decision", "when", "commit", "description"],
+                           (r["commit"] or "-")[:8], T.truncate(r["changes"] or r["description"] or "", 60)])
+    _out(T.table(["step", "index", "trial", "runs", "value", "gain", "gain%", "decision", "when", "commit",
+                  "change from the previous step"],
                  table_rows, [True, True, True, True, True, True, True, False, False, False, False]))
+    for st in rows[1:]:
+        c = changes.get(st["step"])
+        if c is None:
+            continue
+        inherited = [b for b in c["brings"] if not b["promoted"]]
+        if inherited or c["drops"] or (c["changes"] and c["changes"] != s.member(st["index"]).description):
+            _out(f"step {st['step']} #{st['index']}: {c['changes'] or '(no repository: changes unknown)'}; from "
+                 + ", ".join(f"#{b['index']} {b['operator']} '{T.truncate(b['description'], 50)}'"
+                             + ("" if b["promoted"] else f" ({b['decision'] or 'untested'}, inherited)") for b in c["brings"])
+                 + ("; undoes " + ", ".join(f"#{b['index']} '{T.truncate(b['description'], 50)}'" for b in c["drops"])
+                    if c["drops"] else ""))
     if s.attrs.get("repo"):
-        _out(f"runs = runs finished by then; see the commits: git -C {s.attrs['repo']} log --first-parent {s.mainline_branch}")
+        _out(f"runs = runs finished by then; change = git diff of the step's mainline commit against the previous one; "
+             f"see the commits: git -C {s.attrs['repo']} log --first-parent {s.mainline_branch}")
     for n in dict.fromkeys(s.notes):
         _out(f"note: {n}")
     return 0

@@ -23,7 +23,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from evo.errors import EvoError, GitError
-from evo.inspect.api import EvoStudy, fmt_time
+from evo.inspect.api import EvoStudy, constant_changes, fmt_time, summarize_changes
 
 MAX_DIFF_LINES = 300  # per diff; the page says when one is cut
 MAX_CURVES = 400  # screening runs drawn in the overview of progress curves (the latest ones)
@@ -170,16 +170,7 @@ def study_data(s: EvoStudy, max_diff_lines: int | None = MAX_DIFF_LINES) -> dict
             "reused_from": a.get("reused_from_index"), "children": list(m.children), "runs": runs, "diffs": mdiffs,
         })
 
-    def ancestors(i: int) -> set[int]:
-        seen: set[int] = set()
-        stack = [i]
-        while stack:
-            j = stack.pop()
-            if j in seen or j not in members:
-                continue
-            seen.add(j)
-            stack.extend(members[j].parent_indices)
-        return seen
+    changes = {c["step"]: c for c in s.mainline_changes(diffs=False)}
 
     steps = []
     for k, row in enumerate(rows):
@@ -191,15 +182,18 @@ def study_data(s: EvoStudy, max_diff_lines: int | None = MAX_DIFF_LINES) -> dict
             "gain": _num(row["gain"]), "gain_pct": _num(row["gain_pct"]), "decision": row["decision"] or "",
             "pairs": row["pairs"], "llr": _num(row["llr"]), "seed_gain": gain, "ci": [lo, hi] if lo is not None else None,
             "commit": row["commit"], "time": fmt_time(row["time"]) if row["time"] else "", "evaluations": row["evaluations"],
-            "description": row["description"], "via": [], "diff": None,
+            "description": row["description"], "via": [], "diff": None, "changes": None,
         }
         if k:
             prev = rows[k - 1]
-            # the individuals whose changes this promotion brings, the candidate's own included:
-            # its ancestors that the previous mainline individual does not have
-            new = sorted(ancestors(row["index"]) - ancestors(prev["index"]))
-            step["via"] = [{"index": j, "description": members[j].description, "operator": members[j].operator} for j in new]
+            # the individuals whose changes this promotion brings: the candidate and the ancestors
+            # of it that the previous mainline individual does not have (inherited, untested)
+            step["via"] = changes[row["step"]]["brings"] if row["step"] in changes else []
+            step["drops"] = changes[row["step"]]["drops"] if row["step"] in changes else []
             step["diff"] = diff_of(prev["commit"], row["commit"])
+            full = diffs.get((prev["commit"], row["commit"]))
+            if full is not None:
+                step["changes"] = summarize_changes(*constant_changes(full))
         steps.append(step)
 
     hist = s.history()
@@ -477,12 +471,12 @@ function renderStudy(S, k) {
   // mainline
   sec.append(el('h3', {id: `mainline-${k}`, text: 'Mainline: each promotion, its confirmed gain and the whole change from the previous step'}));
   const mt = el('table', {class: 'mainline'});
-  mt.append(el('tr', {}, ...['step', 'individual', 'description', S.metric, 'gain', 'gain %', 'decision', 'gain per seed (95% CI)', 'trial', 'runs by then', 'when', 'commit'].map(h => el('th', {text: h}))));
+  mt.append(el('tr', {}, ...['step', 'individual', 'change from the previous step', S.metric, 'gain', 'gain %', 'decision', 'gain per seed (95% CI)', 'trial', 'runs by then', 'when', 'commit'].map(h => el('th', {text: h}))));
   for (const r of S.mainline) {
     const ci = r.ci ? `${signed(r.seed_gain)} [${fmt(r.ci[0], 4)}, ${fmt(r.ci[1], 4)}] over ${r.pairs} pairs`
                     : (r.seed_gain !== null && r.seed_gain !== undefined ? `${signed(r.seed_gain)} (${r.pairs} pair)` : (r.step ? 'single run: no interval' : '-'));
     const tr = el('tr', {class: 'step clickable', id: `s${k}-step-${r.step}`, onclick: () => select(r.index)},
-      el('td', {class: 'num', text: r.step}), el('td', {text: '#' + r.index}), el('td', {class: 'desc', text: r.description}),
+      el('td', {class: 'num', text: r.step}), el('td', {text: '#' + r.index}), el('td', {class: 'desc', text: r.changes || r.description}),
       el('td', {class: 'num', text: fmt(r.value)}),
       el('td', {class: 'num ' + (r.gain > 0 ? 'gain-pos' : r.gain < 0 ? 'gain-neg' : ''), text: signed(r.gain)}),
       el('td', {class: 'num', text: r.gain_pct === null ? '-' : signed(r.gain_pct) + '%'}),
@@ -496,12 +490,17 @@ function renderStudy(S, k) {
   for (const r of S.mainline.slice(1)) {
     const det = el('details', {class: 'step-diff', id: `s${k}-stepdiff-${r.step}`});
     const own = byIndex.get(r.index);
-    det.append(el('summary', {text: `step ${r.step}: #${r.index} ${own ? own.description : ''} — every change from step ${r.step - 1}`
+    det.append(el('summary', {text: `step ${r.step}: #${r.index} — every change from step ${r.step - 1}: ${r.changes || (own ? own.description : '')}`
                                       + (r.via.length > 1 ? ` (brings ${r.via.length} individuals' changes)` : '')}));
     if (r.via.length) {
       const ul = el('ul', {class: 'via'});
-      for (const v of r.via) ul.append(el('li', {text: `#${v.index} ${v.operator}: ${v.description}` + (v.index === r.index ? ' (the promoted candidate)' : ' (inherited)')}));
+      for (const v of r.via) ul.append(el('li', {text: `#${v.index} ${v.operator}: ${v.description}` + (v.promoted ? ' (the promoted candidate)' : ` (inherited, ${v.decision || 'untested'})`)}));
       det.append(el('div', {class: 'small', text: 'the changes come from:'}), ul);
+    }
+    if (r.drops && r.drops.length) {
+      const ul = el('ul', {class: 'drops'});
+      for (const v of r.drops) ul.append(el('li', {text: `#${v.index} ${v.operator}: ${v.description}`}));
+      det.append(el('div', {class: 'small', text: 'it undoes the changes of (on the previous step\'s line, not on this one):'}), ul);
     }
     if (r.diff) det.append(diffSection(r.diff, `diff of the mainline, step ${r.step - 1} -> ${r.step}`));
     steps.append(det);
