@@ -13,9 +13,9 @@ T_START = time.time()
 DEPTH = 2                  # transformer blocks (CPU)
 WIDTH = 64                # model width (CPU)
 BATCH_SIZE = 8            # sequences per optimizer step (CPU)
-GPU_DEPTH = 6              # transformer blocks when training on CUDA
-GPU_WIDTH = 384            # model width when training on CUDA
-GPU_BATCH_SIZE = 64        # sequences per optimizer step on CUDA
+GPU_DEPTH = 6              # transformer blocks when training on CUDA  # evo: inert on cpu
+GPU_WIDTH = 384            # model width when training on CUDA  # evo: inert on cpu
+GPU_BATCH_SIZE = 64        # sequences per optimizer step on CUDA  # evo: inert on cpu
 HEAD_DIM = 32              # width of one attention head
 MLP_RATIO = 4              # MLP hidden width = MLP_RATIO * width
 SEQ_LEN = 256              # training context in bytes (at most prepare.MAX_SEQ_LEN)
@@ -38,7 +38,7 @@ FINAL_LR_FRAC = 0.0        # learning-rate multiplier at the end of the warm-dow
 INIT_SCALE = 1.0           # multiplier on the default init of the block matrices
 HEAD_INIT_STD = 0.001      # init std of the output head (small: the first loss is ~ln 256)
 DIVERGENCE_FACTOR = 2.0    # fail fast when the loss exceeds this multiple of the first loss
-USE_COMPILE = False        # torch.compile the model on CUDA (its compile steps eat the warm-up)
+USE_COMPILE = False        # torch.compile the model on CUDA (its compile steps eat the warm-up)  # evo: inert on cpu
 
 import math
 import os

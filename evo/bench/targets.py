@@ -99,6 +99,7 @@ class Target:
     sleep: float = 0.0
     optimum: float = 0.0
     ranges: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # TPE: name -> explicit range override
+    durations: float = 0.0  # in-process runs: lognormal sigma of the duration (0 = one virtual second each)
 
     @property
     def mutable(self) -> list[str]:
@@ -147,7 +148,10 @@ class Target:
         f = float(ns["objective"](dict(C)) + ns["noise"](dict(C), job.seed))
         steps = ns["STEPS"]
         curve = [(round(k / steps, 3), round(f + ns["CURVE"] * (1.0 - k / steps) + ns["jitter"](C, job.seed, k), 6)) for k in range(1, steps + 1)]
-        return Evaluation(value=round(f, 6), seconds=1.0, progress=curve)
+        seconds = 1.0
+        if self.durations:  # the same code on the same seed takes the same time; order varies between candidates
+            seconds = math.exp(random.Random(f"{_key(C)}:{job.seed}").gauss(0.0, self.durations))
+        return Evaluation(value=round(f, 6), seconds=seconds, progress=curve)
 
     def constants(self) -> dict[str, Any]:
         return constants_of(self.files)
@@ -175,6 +179,10 @@ class Target:
             else:
                 out[name] = ("float", v / 10, v * 10, True)
         return out
+
+
+def _key(C: dict[str, Any]) -> str:
+    return repr(sorted((k, float(v)) for k, v in C.items()))
 
 
 def constants_of(files: dict[str, str]) -> dict[str, Any]:
@@ -326,3 +334,175 @@ def check(t: Target) -> None:
         c = {k: (v if isinstance(v, bool) else (v + rng.choice((-1, 1)) if isinstance(v, int) else v * math.exp(rng.gauss(0, 0.05))))
              for k, v in at.items()}
         assert t.true_value(c) >= t.optimum - 1e-9
+
+
+# -- target generators: one instance per (family, seed), so nothing is tuned to one instance ------------------
+# Every generated target minimises `score` with its optimum exactly 0 at `optimum_at`; the baseline is drawn
+# around it. D(x, best) is the distance a term measures: log-distance for positive numbers, logit-distance for
+# fractions in (0, 1) (the constants operator keeps those inside (0, 1)).
+GEN_HELPERS = '''
+def LG(x, best):
+    """Logit-distance for fractions in (0, 1) (anything outside is very bad)."""
+    if not 0.0 < x < 1.0:
+        return 20.0
+    return math.log(x / (1.0 - x)) - math.log(best / (1.0 - best))
+
+
+def RIPPLE(d, period, height):
+    """A bowl with ripples: 0 at d = 0, local minima near d = +-period, +-2 period, ..."""
+    return height * (1.0 - math.cos(2.0 * math.pi * d / period))
+
+
+def DECEIVE(x, local, best, depth, width):
+    """Two basins on the log scale: a wide local one (value `depth`) and the global one (0) at `best`."""
+    return min(depth + width * L(x, local) ** 2, width * L(x, best) ** 2)
+
+'''
+
+FAMILIES = ("smooth", "multimodal", "epistatic", "noisy", "large")
+DURATION_SD = 0.5  # lognormal sigma of the simulated run durations (median 1 virtual second)
+
+
+class _Gen:
+    """Draws constants and writes their files and objective terms."""
+
+    def __init__(self, rng: random.Random, files: list[str]) -> None:
+        self.rng, self.files = rng, files
+        self.text = {f: f"# {Path(f).stem}: hyperparameters of a pretend training run\n" for f in files}
+        self.opt: dict[str, Any] = {}
+        self.terms: list[str] = []
+        self.n = 0
+
+    def name(self, stem: str) -> str:
+        self.n += 1
+        return f"{stem}_{self.n}"
+
+    def add(self, file: str, name: str, base: Any) -> None:
+        self.text[file] += f"{name} = {base!r}\n"
+
+    def positive(self, file: str, stem: str, spread: float = 1.6) -> tuple[str, str]:
+        """A float > 0 (learning-rate-like): optimum at 10^U(-4, 1), baseline a factor e^U(0.5, spread) away."""
+        r = self.rng
+        name = self.name(stem)
+        for _ in range(100):  # a baseline in (0, 1) stays there under the operator: so must the optimum
+            best = float(f"{10 ** r.uniform(-4, 1):.3g}")
+            base = float(f"{best * math.exp(r.choice((-1, 1)) * r.uniform(0.5, spread)):.3g}")
+            if base >= 1 or best < 0.99:
+                break
+        self.add(file, name, base)
+        self.opt[name] = best
+        return name, f"L(C[{name!r}], {best!r})"
+
+    def integer(self, file: str, stem: str) -> tuple[str, str]:
+        r = self.rng
+        name = self.name(stem)
+        best = r.randint(4, 64)
+        for _ in range(50):
+            base = max(1, int(round(best * math.exp(r.choice((-1, 1)) * r.uniform(0.4, 1.4)))))
+            if base != best and max(1, base // 8) <= best <= 8 * base:
+                break
+        self.add(file, name, base)
+        self.opt[name] = best
+        return name, f"L(max(C[{name!r}], 1), {best!r})"
+
+    def fraction(self, file: str, stem: str) -> tuple[str, str]:
+        r = self.rng
+        name = self.name(stem)
+        for _ in range(50):
+            best = float(f"{r.uniform(0.05, 0.95):.3g}")
+            lb = math.log(best / (1 - best)) + r.choice((-1, 1)) * r.uniform(0.6, 1.6)
+            base = float(f"{1 / (1 + math.exp(-lb)):.3g}")
+            if 0 < base < 1 and base / 10 <= best <= 0.999 and base != best:
+                break
+        self.add(file, name, base)
+        self.opt[name] = best
+        return name, f"LG(C[{name!r}], {best!r})"
+
+    def smooth(self, file: str, w: float) -> None:
+        kind = self.rng.choices(("positive", "integer", "fraction"), weights=(3, 2, 1))[0]
+        _, d = getattr(self, kind)(file, {"positive": "RATE", "integer": "SIZE", "fraction": "FRAC"}[kind])
+        self.terms.append(f"{w:.3g} * {d} ** 2")
+
+
+def generate(family: str, seed: int) -> Target:
+    """One instance of a family, drawn from `seed` (the same seed gives the same target)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown target family {family!r} (known: {', '.join(FAMILIES)})")
+    rng = random.Random(f"evo-target:{family}:{seed}")
+    noise_sd = shared_sd = 0.0
+    if family in ("smooth", "noisy"):
+        files = ["train.py"] if rng.random() < 0.5 else ["train.py", "model.py"]
+        g = _Gen(rng, files)
+        for _ in range(rng.randint(5, 8)):
+            g.smooth(rng.choice(files), rng.uniform(0.2, 1.0))
+        about = f"{g.n} independent constants (log/logit-distance bowls with random optima and weights) in {len(files)} file(s)"
+        if family == "noisy":
+            noise_sd, shared_sd = round(rng.uniform(0.05, 0.15), 3), 0.3
+            about += f"; seed noise: shared sd {shared_sd} (pairing cancels it) and config-specific sd {noise_sd}, SPRT on"
+    elif family == "multimodal":
+        files = ["train.py", "model.py"]
+        g = _Gen(rng, files)
+        for _ in range(rng.randint(2, 3)):  # deceptive: a local basin downhill of the baseline, the optimum behind a ridge
+            f = rng.choice(files)
+            name = g.name("SCALE")
+            for _ in range(100):
+                best = float(f"{10 ** rng.uniform(-3, 1):.3g}")
+                side = rng.choice((-1, 1))
+                gap = rng.uniform(1.2, 2.0)  # the baseline is gap (log units) from the optimum ...
+                base = float(f"{best * math.exp(side * gap):.3g}")
+                if base >= 1 or best < 0.99:
+                    break
+            local = float(f"{base * math.exp(side * rng.uniform(0.3, 0.6)):.3g}")  # ... and the local basin beyond it
+            depth, width = rng.uniform(0.3, 0.6), rng.uniform(0.5, 1.5)
+            g.add(f, name, base)
+            g.opt[name] = best
+            g.terms.append(f"DECEIVE(C[{name!r}], {local!r}, {best!r}, {depth:.3g}, {width:.3g})")
+        for _ in range(rng.randint(2, 3)):  # rugged: a bowl with ripples of random period
+            f = rng.choice(files)
+            _, d = g.positive(f, "RATE", spread=2.0)
+            g.terms.append(f"({rng.uniform(0.1, 0.4):.3g} * {d} ** 2 + RIPPLE({d}, {rng.uniform(0.4, 0.9):.3g}, {rng.uniform(0.1, 0.3):.3g}))")
+        for _ in range(2):
+            g.smooth(rng.choice(files), rng.uniform(0.2, 0.8))
+        about = "deceptive constants (a local basin downhill of the baseline, the optimum behind a ridge, random placement), rippled bowls, smooth constants"
+    elif family == "epistatic":
+        files = ["model.py", "data.py", "optim.py"]
+        g = _Gen(rng, files)
+        pairs = rng.randint(2, 3)
+        for _ in range(pairs):  # switches in different files: each costs c alone, together they gain g
+            fa, fb = rng.sample(files, 2)
+            a, b = g.name("TRICK"), g.name("TRICK")
+            c, gain = float(f"{rng.uniform(0.05, 0.2):.3g}"), float(f"{rng.uniform(0.6, 1.2):.3g}")
+            g.add(fa, a, False)
+            g.add(fb, b, False)
+            g.opt[a] = g.opt[b] = True
+            g.terms.append(f"({c!r} * (bool(C[{a!r}]) + bool(C[{b!r}])) - {gain!r} * (bool(C[{a!r}]) and bool(C[{b!r}])) + {gain!r} - 2 * {c!r})")
+        for _ in range(rng.randint(1, 2)):  # coupled constants in different files: the best of one moves with the other
+            fa, fb = rng.sample(files, 2)
+            na, da = g.positive(fa, "RATE")
+            nb, db = g.integer(fb, "SIZE")
+            w = rng.uniform(1.0, 2.0)
+            g.terms.append(f"{w:.3g} * ({da} - {db}) ** 2 + {0.3 * w:.3g} * {db} ** 2")
+        for f in files:
+            g.smooth(f, rng.uniform(0.2, 0.6))
+        about = f"{pairs} pairs of switches in different files that only help together, coupled constants across files, smooth constants"
+    else:  # large
+        nfiles = rng.randint(3, 5)
+        files = [f"part{k}.py" for k in range(1, nfiles + 1)]
+        g = _Gen(rng, files)
+        total = rng.randint(20, 50)
+        for k in range(total - 4):
+            g.smooth(rng.choice(files), 1.5 * math.exp(-k / 8) + 0.05)  # a few important constants, many minor ones
+        for _ in range(2):
+            fa, fb = rng.sample(files, 2)
+            _, da = g.positive(fa, "RATE")
+            _, db = g.positive(fb, "RATE")
+            g.terms.append(f"{rng.uniform(0.5, 1.5):.3g} * ({da} - 0.5 * {db}) ** 2 + {rng.uniform(0.2, 0.6):.3g} * {db} ** 2")
+        about = f"{g.n} constants over {nfiles} files: importance decays with rank, two coupled pairs across files"
+    body = GEN_HELPERS + "def objective(C):\n    return (" + "\n            + ".join(g.terms) + ")\n"
+    return Target(name=family, about=about, files=g.text, objective=body, optimum_at=dict(g.opt), noise_sd=noise_sd,
+                  shared_sd=shared_sd, steps=10, sleep=0.0, durations=DURATION_SD)
+
+
+def instance(name: str, seed: int) -> Target:
+    """A family's instance for this seed, or a fixed target by name."""
+    return generate(name, seed) if name in FAMILIES else TARGETS[name]

@@ -1,0 +1,263 @@
+"""Issue 15: the constants operator's sanity, selection pressure, crossover that makes new code, and
+the generated benchmark targets. Real git and the real engine (in-process executor); seeded."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from conftest import git
+from evo import config as config_mod
+from evo.bench.common import make_config, study_trials
+from evo.bench.quality import holm, wilcoxon
+from evo.bench.targets import FAMILIES, check, generate
+from evo.config import ConfigError, SearchConfig
+from evo.executors import inprocess
+from evo.gitrepo import GitRepo
+from evo.individual import Individual, Run, Status
+from evo.strategies import Population, ancestry, nested
+from operators.base import Context, OperatorError, Parent
+from operators.constants import ConstantsMutation, find_constants, perturb
+from operators.crossover import FitterResolver, RandomResolver, crossover, line_merge
+
+
+# -- the constants operator --------------------------------------------------------------------------------
+SRC = ("LR = 0.004\nWD = 0.0\nBETA = 0.95\nBIG = 15000.0\nNEG = -0.5\nDEPTH = 6\nZERO = 0\nNEG_INT = -3\n"
+       "TINY = 1e-8\nFLAG = True\n")
+
+
+@pytest.mark.parametrize("dist", ["cauchy", "gauss"])
+def test_perturb_keeps_kind_and_sign_and_writes_three_significant_digits(dist: str) -> None:
+    rng = random.Random(0)
+    for c in find_constants("t.py", SRC):
+        for _ in range(300):
+            text = perturb(c, rng, 0.5, dist)
+            new = eval(text)  # noqa: S307 - our own literal
+            assert type(new) is type(c.value), (c.name, text)
+            assert new != c.value, (c.name, text)
+            if isinstance(new, bool):
+                continue
+            if c.value > 0 or c.value == 0:
+                assert new >= 0, (c.name, text)
+            else:
+                assert new < 0, (c.name, text)
+            if c.name == "WD":
+                assert 1e-4 <= new <= 0.1  # 0.0 moves to a small positive value
+            if c.name == "BETA":
+                assert 0 < new < 1
+            if isinstance(new, float):
+                mant = text.lower().split("e")[0].replace("-", "").replace(".", "").strip("0")
+                assert len(mant) <= 3, (c.name, text)  # no 15263.585147
+
+
+def test_cauchy_steps_are_heavy_tailed_and_gauss_steps_are_not() -> None:
+    c = next(c for c in find_constants("t.py", SRC) if c.name == "LR")
+    jumps = {}
+    for dist in ("cauchy", "gauss"):
+        rng = random.Random(1)
+        logs = [abs(math.log(float(perturb(c, rng, 0.5, dist)) / c.value)) for _ in range(2000)]
+        jumps[dist] = sum(x > 2.0 for x in logs)  # a factor e^2 ~ 7: four gauss sigmas
+    assert jumps["gauss"] <= 2 and jumps["cauchy"] >= 100
+
+
+def test_inert_markers_and_exclude_are_never_mutated(monkeypatch: pytest.MonkeyPatch) -> None:
+    src = ("A = 1.0\nB = 2.0  # evo: fixed\nC = 3  # GPU only  # evo: inert on cpu\nD = 4  # evo: inert on cuda\nE = 0.5\n")
+    monkeypatch.delenv("EVO_DEVICE", raising=False)
+    op = ConstantsMutation(max_changes=5, exclude=["E"])
+    assert {c.name for c in op.candidates({"m.py": src})} == {"A", "D"}
+    for s in range(50):
+        out = op.mutate(Parent("c", {"m.py": src}), random.Random(s), Context())
+        lines = out.files["m.py"].splitlines()
+        assert lines[1:3] == src.splitlines()[1:3] and lines[4] == "E = 0.5"
+    gpu = ConstantsMutation(max_changes=5, device="cuda")
+    assert {c.name for c in gpu.candidates({"m.py": src})} == {"A", "C", "E"}
+    with pytest.raises(OperatorError, match="marked inert"):
+        ConstantsMutation(exclude=["A", "D", "E"]).mutate(Parent("c", {"m.py": src}), random.Random(0), Context())
+
+
+def test_model_train_marks_its_gpu_only_constants_inert_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVO_DEVICE", "cpu")
+    text = (Path(__file__).resolve().parents[1] / "model" / "train.py").read_text()
+    names = {c.name for c in ConstantsMutation().candidates({"model/train.py": text})}
+    assert names and not names & {"GPU_DEPTH", "GPU_WIDTH", "GPU_BATCH_SIZE", "USE_COMPILE"}
+    assert {"DEPTH", "MATRIX_LR"} <= names
+
+
+def test_config_validates_the_new_keys(tmp_path: Path) -> None:
+    base = {"target": {"repo": str(tmp_path), "mutable": ["x.py"], "run": "true"}}
+    cfg = config_mod.load(None, base | {"operators": {"exclude": ["A"], "step_dist": "gauss"}, "search": {"exploit": 0.5}})
+    assert cfg.operators.exclude == ("A",) and cfg.operators.step_dist == "gauss" and cfg.search.exploit == 0.5
+    for over in ({"search": {"exploit": 1.5}}, {"search": {"rank_power": -1}}, {"operators": {"step_dist": "levy"}}):
+        with pytest.raises(ConfigError):
+            config_mod.load(None, base | over)
+
+
+# -- crossover ---------------------------------------------------------------------------------------------
+BASE = "# consts\nA = 1.0\nB = 2.0\nC = 3.0\nD = 4.0\n"
+
+
+def test_line_merge_keeps_both_neighbouring_changes_and_gives_shared_lines_to_the_fitter() -> None:
+    a = BASE.replace("A = 1.0", "A = 1.5").replace("C = 3.0", "C = 3.5")
+    b = BASE.replace("B = 2.0", "B = 2.5").replace("C = 3.0", "C = 2.5")
+    for prefer_a, c_line in ((True, "C = 3.5"), (False, "C = 2.5")):
+        m = line_merge(BASE, a, b, pick=lambda p=prefer_a: p)
+        assert m is not None and m.left == 0 and (m.from_a, m.from_b, m.both) == (1, 1, 1)
+        assert "A = 1.5" in m.text and "B = 2.5" in m.text and c_line in m.text and "D = 4.0" in m.text
+    # a hunk that adds lines does not align: left to the resolver
+    m = line_merge(BASE, BASE.replace("B = 2.0", "B = 2.0\nE = 5.0"), BASE.replace("B = 2.0", "B = 7.0"), pick=lambda: True)
+    assert m is not None and m.left == 1
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> tuple[GitRepo, str]:
+    p = tmp_path / "r"
+    p.mkdir()
+    git(p, "init", "-q")
+    (p / "t.py").write_text(BASE)
+    git(p, "add", "-A")
+    git(p, "commit", "-qm", "base")
+    r = GitRepo(p)
+    return r, r.head()
+
+
+def test_git_crossover_of_neighbouring_constants_makes_a_child_with_both(repo) -> None:
+    r, base = repo
+    a = r.commit_files(base, {"t.py": BASE.replace("A = 1.0", "A = 1.5")}, "a")
+    b = r.commit_files(base, {"t.py": BASE.replace("B = 2.0", "B = 2.5")}, "b")
+    for resolver in (FitterResolver(), RandomResolver()):
+        child = crossover(r, Parent(a, {}, 1.0), Parent(b, {}, 2.0), resolver, random.Random(0), Context())
+        assert child is not None and child.conflicts == ("t.py",)  # git alone calls it one conflict
+        text = r.read(child.tree, "t.py").decode()
+        assert "A = 1.5" in text and "B = 2.5" in text and "<<<" not in text
+        assert child.tree not in (r.tree_of(a), r.tree_of(b))
+        assert "line merge (a 1, b 1" in child.description
+
+
+# -- selection ---------------------------------------------------------------------------------------------
+def ind(index: int, values: list[float] | None, parents: tuple[int, ...] = (0,), generation: int = 1) -> Individual:
+    i = Individual(index=index, commit=f"c{index}", tree=f"t{index}", parent_indices=parents if index else (),
+                   generation=generation, status=Status.EVALUATED if values else Status.RUNNING)
+    for s, v in enumerate(values or []):
+        i.runs[s] = Run(seed=s, trial=index * 10 + s, value=v, outcome="complete")
+    return i
+
+
+def test_generation_zero_makes_at_most_one_baseline_mutant_per_worker() -> None:
+    strat = Population(SearchConfig(population=8, generations=3, workers=2, crossover_rate=0.0), "minimize")
+    pop = {0: ind(0, [5.0], generation=0)}
+    p1 = strat.plan(1, pop, pop[0], random.Random(1))
+    pop[1] = ind(1, None, generation=0)
+    p2 = strat.plan(2, pop, pop[0], random.Random(2))
+    pop[2] = ind(2, [4.0], generation=0)
+    assert p1.parents[0].index == 0 and p2.parents[0].index == 0
+    picks = {strat.plan(3, pop, pop[0], random.Random(s)).parents[0].index for s in range(100)}  # type: ignore[union-attr]
+    assert 2 in picks  # generation 0 now breeds from what has been evaluated, not only the baseline
+
+
+def test_exploitation_and_rank_pressure() -> None:
+    cfg = SearchConfig(population=4, generations=5, crossover_rate=0.0, exploit=0.7, rank_power=1.0)
+    strat = Population(cfg, "minimize")
+    pop = {i: ind(i, [float(v)]) for i, v in enumerate([9, 1, 4, 2, 3, 8])}
+    counts = {}
+    for s in range(2000):
+        a = strat.plan(10, pop, pop[1], random.Random(s)).parents[0].index  # type: ignore[union-attr]
+        counts[a] = counts.get(a, 0) + 1
+    assert set(counts) <= {1, 2, 3, 4}  # survivors only
+    assert 0.75 < counts[1] / 2000 < 0.88  # 0.7 + 0.3 * 0.48 (rank weight of the best)
+    assert counts[3] > counts[4] > counts[2]  # by rank: 1 < 2 < 3 < 4
+
+
+def test_selection_ranks_on_the_mean_over_seeds() -> None:
+    strat = Population(SearchConfig(population=1, generations=5, crossover_rate=0.0, exploit=0.0, elites=0), "minimize")
+    lucky = ind(1, [1.0, 5.0, 6.0])  # screening run 1.0, mean 4.0
+    steady = ind(2, [2.0])
+    pop = {0: ind(0, [9.0]), 1: lucky, 2: steady}
+    assert {strat.plan(5, pop, pop[0], random.Random(s)).parents[0].index for s in range(30)} == {2}  # type: ignore[union-attr]
+
+
+def test_failing_lines_breed_less() -> None:
+    strat = Population(SearchConfig(population=4, generations=5, crossover_rate=0.0, exploit=0.0), "minimize")
+    pop = {0: ind(0, [9.0]), 1: ind(1, [1.0]), 2: ind(2, [1.1])}
+    def share(p: dict[int, Individual]) -> float:
+        return sum(strat.plan(50, p, p[0], random.Random(s)).parents[0].index == 1 for s in range(1000)) / 1000  # type: ignore[union-attr]
+    before = share(pop)
+    for k in range(3, 9):  # six children of #1, none better than it
+        pop[k] = ind(k, [3.0 + k], parents=(1,))
+    assert share(pop) < before - 0.2
+
+
+def test_crossover_partners_are_never_nested_and_none_is_planned_without_one() -> None:
+    cfg = SearchConfig(population=8, generations=5, crossover_rate=1.0, mutation_rate=0.0)
+    strat = Population(cfg, "minimize")
+    chain = {0: ind(0, [9.0]), 1: ind(1, [5.0], (0,)), 2: ind(2, [4.0], (1,)), 3: ind(3, [3.0], (2,))}
+    assert all(strat.plan(9, chain, chain[3], random.Random(s)).operator == "mutation" for s in range(50))  # type: ignore[union-attr]
+    tree = dict(chain) | {4: ind(4, [3.5], (1,)), 5: ind(5, [2.0], (3, 4))}
+    anc = ancestry(tree)
+    assert anc[5] == {0, 1, 2, 3, 4} and nested(5, 1, anc) and not nested(3, 4, anc)
+    for s in range(200):
+        plan = strat.plan(9, tree, tree[5], random.Random(s))
+        assert plan is not None
+        if plan.operator == "crossover":
+            a, b = (p.index for p in plan.parents)
+            assert not nested(a, b, anc)
+    crossed = [strat.plan(9, dict(chain) | {4: ind(4, [3.5], (1,))}, chain[3], random.Random(s)) for s in range(50)]
+    assert {tuple(sorted(p.index for p in c.parents)) for c in crossed if c and c.operator == "crossover"} == {(3, 4), (2, 4)}
+
+
+# -- the real engine ---------------------------------------------------------------------------------------
+def engine_search(tmp_path: Path, name: str, seed: int = 3, workers: int = 4):
+    t = generate("epistatic", seed)
+    repo = t.make_repo(tmp_path / name)
+    cfg = make_config(tmp_path, name, repo, run="python run.py", mutable=t.mutable, strategy="population", generations=5,
+                      population=6, seed=seed, workers=workers, study={"storage": f"memory://{name}"})
+    summary, _ = inprocess.search(cfg, t.evaluate)
+    return t, repo, summary, sorted(study_trials(cfg), key=lambda x: x.number)
+
+
+def test_population_search_makes_new_crossover_code_and_is_seeded(tmp_path: Path) -> None:
+    t, repo, summary, trials = engine_search(tmp_path, "pa")
+    tree = {x.user_attrs["index"]: x.user_attrs.get("tree") for x in trials}
+    xo = [x for x in trials if str(x.user_attrs.get("operator", "")).startswith("crossover")]
+    assert xo, "no crossover child"
+    new = [x for x in xo if all(tree[i] != x.user_attrs["tree"] for i in x.user_attrs["parent_indices"])]
+    assert len(new) >= 0.5 * len(xo)
+    assert summary["duplicates"] <= 0.1 * summary["candidates"]
+    baseline = t.true_value(t.constants())
+    assert summary["promotions"] >= 1
+    _, _, summary2, trials2 = engine_search(tmp_path, "pb")
+    assert [x.user_attrs.get("tree") for x in trials] == [x.user_attrs.get("tree") for x in trials2]
+    assert baseline > 0
+
+
+# -- the benchmark's targets and statistics ------------------------------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generated_targets_are_seeded_valid_and_differ_by_seed(family: str) -> None:
+    ts = [generate(family, s) for s in range(12)]
+    assert generate(family, 3).files == ts[3].files and generate(family, 3).objective == ts[3].objective
+    assert len({repr(t.optimum_at) for t in ts}) == len(ts)
+    for t in ts:
+        check(t)
+    if family == "large":
+        assert all(20 <= len(t.constants()) <= 50 and 3 <= len(t.files) <= 5 for t in ts)
+    if family == "noisy":
+        assert all(t.noisy for t in ts)
+    if family == "epistatic":
+        t = ts[0]
+        tricks = [k for k, v in t.optimum_at.items() if v is True]
+        assert len(tricks) >= 4
+        at = dict(t.optimum_at)
+        at[tricks[0]] = False  # one switch of a pair alone is worse than neither
+        neither = dict(at)
+        for k in tricks[:2]:
+            neither[k] = False
+        assert t.true_value(at) > t.true_value(neither) > 0
+
+
+def test_holm_and_paired_wilcoxon() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    w = wilcoxon([0.1 * k for k in range(20)], [0.1 * k + 1 for k in range(20)])
+    assert w["wins"] == 20 and w["p"] < 1e-4
+    assert wilcoxon([1.0] * 5, [1.0] * 5)["p"] == 1.0
