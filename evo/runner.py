@@ -499,12 +499,12 @@ def _kill_where(match: Callable[[list[bytes]], bool], limit: float = 10.0) -> in
         except OSError:
             break
         quiet = 0
-        while quiet < 8 and time.monotonic() < end:  # ~10 ms of quick probes with nothing new
+        while quiet < 5 and time.monotonic() < end:  # ~10 ms of quick probes with nothing new
             if visit(_newest_pids()):
                 found, quiet = True, 0
             else:
                 quiet += 1
-                time.sleep(0.001)
+                time.sleep(0.002)
         if not found:
             break
     for pid in stopped:
