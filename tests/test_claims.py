@@ -260,9 +260,16 @@ print(f"score: {score:.6f}")
 '''
 
 
+# every change is a gain: every child beats its parent, so sibling lines are crossover partners
+# whatever steps the constants operator takes
+ALL_GAIN = SPACED.replace("score = 10 - (LR - 0.3) ** 2 * 20 - (MOMENTUM - 0.9) ** 2 * 5 - abs(WIDTH - 16) * 0.05",
+                          "score = abs(LR - 0.1) + abs(MOMENTUM - 0.5) + abs(WIDTH - 8)")
+
+
 @pytest.mark.parametrize("rate", [1.0, 0.0])
 def test_mutation_rate_decides_whether_a_crossover_child_is_also_mutated(tmp_path: Path, rate: float) -> None:
-    study = search(tmp_path, repo_with(tmp_path, SPACED), study={"seed": 1},
+    assert ALL_GAIN != SPACED
+    study = search(tmp_path, repo_with(tmp_path, ALL_GAIN), "--workers", "2", study={"seed": 1},
                    search={"strategy": "population", "population": 3, "generations": 1, "crossover_rate": 1.0,
                            "tournament_size": 1, "mutation_rate": rate},
                    operators={"duplicate_retries": 0})  # a merge that repeats a tree would be retried mutated
