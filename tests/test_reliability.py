@@ -488,16 +488,32 @@ def test_ray_log_faults_on_the_controller_are_crashed_runs_and_free_their_slots(
 
 # -- a full disk under a whole search ------------------------------------------------------------------
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path):  # noqa: ANN201
-    """A 256 kB tmpfs (needs root and a mount namespace that allows it; skipped with the reason otherwise)."""
-    where = tmp_path / "res"
+def _mount_tmpfs(where: Path, size: str) -> None:
+    """A small tmpfs at `where` (needs root and a mount namespace that allows it; skipped with the reason otherwise)."""
     where.mkdir()
     if os.geteuid() != 0:
         pytest.skip("a tmpfs needs root: the disk-full search is not run here")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)], capture_output=True, text=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, text=True)
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):  # noqa: ANN201
+    """A 256 kB tmpfs for the results folder."""
+    where = tmp_path / "res"
+    _mount_tmpfs(where, "256k")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture
+def storage_disk(tmp_path: Path):  # noqa: ANN201
+    """A 1 MB tmpfs for the SQLite storage."""
+    where = tmp_path / "db"
+    _mount_tmpfs(where, "1m")
     try:
         yield where
     finally:
@@ -593,3 +609,45 @@ def test_a_two_worker_search_on_postgresql(tmp_path: Path, make_repo) -> None:  
             optuna.delete_study(study_name=name, storage=url)
         except KeyError:
             pass
+
+
+@pytest.mark.xfail(strict=True, reason="lead: Archive.add/set_attr let StorageInternalError (disk full, a server gone) escape "
+                                       "as a traceback, and search()'s finally raises again over it; make them one EvoError line "
+                                       "(exit 2), then drop this mark")
+def test_a_storage_error_mid_search_ends_clearly_and_the_study_resumes(tmp_path: Path, make_repo, storage_disk: Path) -> None:  # noqa: ANN001
+    """The storage's disk fills up mid-search (a candidate writes a filler next to the SQLite
+    file, once): evo ends in seconds with one line, and once space is freed the same command
+    resumes the study and finishes it, every run recorded once."""
+    filler, once = storage_disk / "filler", tmp_path / "filled-once"
+    repo = make_repo(files={"target.py": f"""\
+        import os
+        X = 1.0
+        if X != 1.0 and not os.path.exists({str(once)!r}):
+            open({str(once)!r}, "w").close()
+            try:
+                with open({str(filler)!r}, "wb") as f:
+                    f.write(b"x" * 4_000_000)
+            except OSError:
+                pass
+        print(f"score: {{X}}")
+        """})
+    storage = storage_disk / "evo.db"
+    cfg = write_config(tmp_path / "evo.toml", repo, storage, study={"results": str(tmp_path / "results")},
+                       search={"generations": 3})
+    cmd = [PY, "-m", "evo", "search", "--config", str(cfg)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.monotonic()
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    out = res.stdout + res.stderr
+    assert time.monotonic() - t0 < 120
+    assert "Traceback" not in out, out[-3000:]
+    assert res.returncode == 2 and res.stderr.startswith("evo: error: storage ") and res.stderr.count("\n") == 1, out[-3000:]
+    assert filler.exists()
+    filler.unlink()
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    import optuna
+
+    trials = optuna.load_study(study_name="toy", storage=f"sqlite:///{storage}").get_trials()
+    keys = [(t.user_attrs["index"], t.user_attrs["seed"]) for t in trials]
+    assert len(keys) == len(set(keys)) and {k[0] for k in keys} == {0, 1, 2, 3}, keys
