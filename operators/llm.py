@@ -198,8 +198,12 @@ class LLMClient:
         self._jitter = random.Random()  # time-seeded: retries must not perturb the search's rng
 
     def redact(self, text: str) -> str:
-        """`text` with the API key replaced by [REDACTED]."""
-        return text.replace(self._secret, "[REDACTED]") if self._secret else text
+        """`text` with the API key replaced by [REDACTED] and every URL credential masked (a
+        server's error may echo a URL with a password or an `api_key=` in it)."""
+        from evo.archive import mask_url  # deferred: the archive module imports optuna
+
+        text = text.replace(self._secret, "[REDACTED]") if self._secret else text
+        return mask_url(text) if "://" in text or "=" in text else text
 
     def _error(self, reason: str, response: str = "", usage: dict[str, int] | None = None) -> LLMError:
         reason, response = safe_text(reason), safe_text(response)

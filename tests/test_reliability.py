@@ -651,3 +651,18 @@ def test_a_storage_error_mid_search_ends_clearly_and_the_study_resumes(tmp_path:
     trials = optuna.load_study(study_name="toy", storage=f"sqlite:///{storage}").get_trials()
     keys = [(t.user_attrs["index"], t.user_attrs["seed"]) for t in trials]
     assert len(keys) == len(set(keys)) and {k[0] for k in keys} == {0, 1, 2, 3}, keys
+
+
+def test_an_llm_error_that_echoes_a_url_with_credentials_is_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from llm_server import FakeLLMServer, Reply
+    from operators.llm import LLMError, LLMMutation
+
+    parent, context = _parent()
+    echo = "no such model at https://admin:hunter2@llm.internal/v1?api_key=sk-hunter2"
+    with FakeLLMServer(Reply(status=400, error_message=echo)) as server:
+        with pytest.raises(LLMError) as info:
+            LLMMutation(_llm_client(server, monkeypatch)).mutate(parent, random.Random(0), context)
+    assert "hunter2" not in info.value.reason and "hunter2" not in repr(info.value.artifacts)
+    assert "https://admin:***@llm.internal/v1?api_key=***" in info.value.reason
