@@ -271,7 +271,7 @@ def test_mutation_rate_decides_whether_a_crossover_child_is_also_mutated(tmp_pat
     assert ALL_GAIN != SPACED
     study = search(tmp_path, repo_with(tmp_path, ALL_GAIN), "--workers", "2", study={"seed": 1},
                    search={"strategy": "population", "population": 3, "generations": 1, "crossover_rate": 1.0,
-                           "tournament_size": 1, "mutation_rate": rate},
+                           "tournament_size": 1, "mutation_rate": rate, "steady_state": False},  # the barrier: the same pool whichever run ends first
                    operators={"duplicate_retries": 0})  # a merge that repeats a tree would be retried mutated
     crosses = [t for t in by_index(study).values() if len(t.user_attrs["parent_indices"]) == 2]
     assert crosses, "the seeded search made no crossover"
