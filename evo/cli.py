@@ -23,7 +23,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         path = DEFAULT_CONFIG
     overrides = {
         "study": {"name": args.study, "storage": absolute_storage(args.storage), "seed": args.seed},
-        "search": {"strategy": args.strategy, "population": args.population, "generations": args.generations, "workers": args.workers},
+        "search": {"strategy": args.strategy, "population": args.population, "generations": args.generations, "workers": args.workers,
+                   "max_runs": args.max_runs, "max_hours": args.hours, "max_run_hours": args.run_hours,
+                   "forever": True if args.forever else None},
         "sprt": {"enabled": False if args.no_sprt else None},
         "operators": {"mutation": args.mutation},
         "executor": {"kind": args.executor, "ray_address": args.ray_address},
@@ -97,6 +99,14 @@ def parser() -> argparse.ArgumentParser:
                    help="[search] generations: the budget; greedy makes N children, population and random N generations "
                         "of --population children (default: the config's, else 40)")
     s.add_argument("--workers", type=int, metavar="N", help="[search] workers: runs at the same time (default: the config's, else 1)")
+    s.add_argument("--max-runs", type=int, metavar="N",
+                   help="[search] max_runs: stop after N runs, replicates and confirmations included (default: the config's, else no limit)")
+    s.add_argument("--hours", type=float, metavar="H",
+                   help="[search] max_hours: stop after H wall-clock hours over all sessions of the study (default: no limit)")
+    s.add_argument("--run-hours", type=float, metavar="H",
+                   help="[search] max_run_hours: stop after H hours of runs summed (GPU-hours at one GPU per run; default: no limit)")
+    s.add_argument("--forever", action="store_true",
+                   help="[search] forever: ignore --generations and run until a budget, Ctrl-C or SIGTERM stops it")
     s.add_argument("--seed", type=int, metavar="N", help="[study] seed: the proposals' random seed and the first EVO_SEED "
                                                         "(default: the config's, else 0)")
     s.add_argument("--mutation", choices=("constants", "llm", "agent"),
@@ -118,7 +128,7 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks: engine overhead, utilisation, search quality, SPRT")
     b.add_argument("--quick", action="store_true", help="the CI-sized run, under 2 minutes (default: the full run)")
     b.add_argument("--out", type=Path, default=Path("results/bench"), help="folder for JSON and PNG (default: results/bench)")
-    b.add_argument("--only", action="append", help="run only these parts: overhead, utilisation, quality, sprt, model; "
+    b.add_argument("--only", action="append", help="run only these parts: overhead, utilisation, quality, statistics, model; "
                                                    "repeat for several (default: all)")
     b.set_defaults(func=cmd_bench)
 

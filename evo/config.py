@@ -65,6 +65,11 @@ class SearchConfig:
     steady_state: bool = True  # refill a worker as soon as it frees (no generation barrier)
     exploit: float = 0.7  # population: chance a parent is the best so far (else a power-law draw by rank)
     rank_power: float = 1.0  # population: a parent of rank r (0 = best) is drawn with weight (r + 1) ** -rank_power
+    # budgets: the search stops at whichever comes first (0 = no limit); `generations` still bounds the children
+    max_runs: int = 0  # runs (baseline replicates and confirmations included)
+    max_hours: float = 0.0  # wall-clock hours, summed over every session of the study
+    max_run_hours: float = 0.0  # run hours: the sum of run durations (GPU-hours with one GPU per run)
+    forever: bool = False  # ignore `generations`: run until a budget, Ctrl-C or SIGTERM stops it
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,7 @@ class SprtConfig:
     delta: float = 0.0  # wanted gain in metric units; 0 = 1.25 seed sigmas of the baseline
     max_pairs: int = 8  # paired seeds before a promotion test is called inconclusive
     futility_alpha: float = 0.1  # chance of stopping a run that is truly better by delta
-    gate: float = 0.5  # only test candidates whose first paired run shows gate*delta
+    gate: float = 1.5  # only test candidates whose screening run shows gate*delta (docs/statistics.md: measured)
     futility: bool = True  # stop clearly-worse runs early
     seed_corr: float = 0.0  # futility test: share of the seed's effect a change keeps (0 assumes none: safe)
 
@@ -139,10 +144,6 @@ class Config:
         d = dataclasses.asdict(self)
         d.pop("source")
         return d
-
-    @property
-    def results_dir(self) -> Path:
-        return Path(self.study.results)
 
 
 _SECTIONS: dict[str, type] = {k: v for k, v in typing.get_type_hints(Config).items() if k != "source"}
@@ -299,16 +300,21 @@ def _finish(cfg: Config, base: Path, stem: str) -> Config:
     ):
         if val < lo:
             raise ConfigError(f"{src}: [search] {key} = {val}: must be >= {lo}")
+    for key, val in (("max_runs", se.max_runs), ("max_hours", se.max_hours), ("max_run_hours", se.max_run_hours)):
+        if not (val >= 0 and math.isfinite(val)):
+            raise ConfigError(f"{src}: [search] {key} = {val}: must be a finite number >= 0 (0 = no limit)")
     if not (0.0 <= se.exploit <= 1.0):
         raise ConfigError(f"{src}: [search] exploit = {se.exploit}: must be between 0 and 1")
     if not (0.0 <= se.rank_power <= 100.0):
         raise ConfigError(f"{src}: [search] rank_power = {se.rank_power}: must be between 0 and 100")
     if cfg.operators.duplicate_retries < 0:
         raise ConfigError(f"{src}: [operators] duplicate_retries = {cfg.operators.duplicate_retries}: must be >= 0")
-    for key, val in (("crossover_rate", se.crossover_rate), ("mutation_rate", se.mutation_rate), ("gate", sp.gate), ("seed_corr", sp.seed_corr)):
+    for key, val in (("crossover_rate", se.crossover_rate), ("mutation_rate", se.mutation_rate), ("seed_corr", sp.seed_corr)):
         if not 0.0 <= val <= 1.0:
-            sec = "sprt" if key in ("gate", "seed_corr") else "search"
+            sec = "sprt" if key == "seed_corr" else "search"
             raise ConfigError(f"{src}: [{sec}] {key} = {val}: must be between 0 and 1")
+    if not 0.0 <= sp.gate <= 4.0:
+        raise ConfigError(f"{src}: [sprt] gate = {sp.gate}: must be between 0 and 4 (a multiple of delta)")
     for key, val in (("alpha", sp.alpha), ("beta", sp.beta), ("futility_alpha", sp.futility_alpha)):
         if not 0.0 < val < 0.5:
             raise ConfigError(f"{src}: [sprt] {key} = {val}: must be between 0 and 0.5")

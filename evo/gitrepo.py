@@ -205,9 +205,6 @@ class GitRepo:
             args.append(old)
         self.git(*args)
 
-    def delete_ref(self, name: str) -> None:
-        self.git("update-ref", "-d", name, check=False)
-
     def refs(self, prefix: str) -> dict[str, str]:
         raw = self.out("for-each-ref", "--format=%(refname) %(objectname)", prefix)
         return dict(line.split(" ", 1) for line in raw.splitlines() if line)  # type: ignore[misc]

@@ -151,19 +151,35 @@ class Judge:
         loss = self.direction.loss
         return {s: loss(c[s]) - loss(i[s]) for s in self.confirm_seeds if s in c and s in i}
 
-    def decide(self, cand: Individual, incumbent: Individual) -> Verdict | None:
-        """The paired SPRT on the confirmation pairs; None while there is no noise model."""
-        if not math.isfinite(self.delta):
+    def paired_sigma(self, tests: list[tuple[Individual, Individual]]) -> tuple[float, float]:
+        """The sd of one confirmation pair and its degrees of freedom, pooled over the study.
+
+        Every promotion test's pairs (each around its own mean) measure the same noise, so the
+        study learns it as it goes; the replicates' sd of an unpaired difference (sqrt 2 sigma,
+        an upper bound when changes keep part of the seed's effect) starts it off."""
+        assert self.noise is not None
+        sd, df = sprt.pooled_sd([list(self.pairs(c, i).values()) for c, i in tests])
+        prior_var, prior_df = 2.0 * self.noise.sigma_final ** 2, float(self.noise.df)
+        return math.sqrt((prior_df * prior_var + df * sd ** 2) / (prior_df + df)), prior_df + df
+
+    def decide(self, cand: Individual, incumbent: Individual, tests: list[tuple[Individual, Individual]] = ()) -> Verdict | None:  # type: ignore[assignment]
+        """The paired SPRT on the confirmation pairs; None while there is no noise model.
+
+        `tests`: every (candidate, incumbent) pair tested in the study, for the pooled sigma."""
+        if not math.isfinite(self.delta) or self.noise is None:
             return None
         pairs = self.pairs(cand, incumbent)
-        # sigma is estimated from the pairs (GSPRT) with the replicates' between-seed sd of a
-        # difference as a prior worth their degrees of freedom: it can decide after few pairs
-        prior = math.sqrt(2.0) * self.noise.sigma_final if self.noise is not None and self.noise.sigma_final > 0 else None
+        others = [(c, i) for c, i in tests if c.index != cand.index]
+        sigma, df = self.paired_sigma(others) if self.noise.sigma_final > 0 else (0.0, 0.0)
+        # sigma is estimated from this test's pairs (GSPRT) with the pooled sigma as a prior worth
+        # its degrees of freedom: with a well-measured sigma one or two pairs can decide
         d = sprt.paired_sprt(list(pairs.values()), delta=self.delta, alpha=self.cfg.alpha, beta=self.cfg.beta,
-                             max_pairs=self.cfg.max_pairs, sigma=None, sigma_prior=prior,
-                             prior_df=float(self.noise.df) if prior is not None and self.noise is not None else 0.0)
+                             max_pairs=self.cfg.max_pairs, sigma=None, sigma_prior=sigma or None, prior_df=df if sigma else 0.0)
+        used = [-x for x in list(pairs.values())[: d.n]]  # gains on seeds that played no part in selecting it
+        half = 1.96 * sigma / math.sqrt(len(used)) if used and sigma else math.nan
         info = {"llr": d.llr, "pairs": d.n, "mean_diff": d.mean_diff, "sd": d.sd, "trace": list(d.trace),
-                "bounds": list(d.bounds), "delta": self.delta, "seeds": list(pairs)[: d.n]}
+                "bounds": list(d.bounds), "delta": self.delta, "seeds": list(pairs)[: d.n], "sigma_pooled": sigma, "sigma_df": df,
+                "gain": statistics.fmean(used) if used else None, "gain_ci": [statistics.fmean(used) - half, statistics.fmean(used) + half] if used else None}
         return Verdict(d.decision, d.n, d.llr, info)
 
     def needed(self, cand: Individual, incumbent: Individual) -> list[tuple[Individual, int]]:

@@ -24,6 +24,9 @@ class Logbook:
         for row in study.archive.attrs.get("logbook", []):
             self.book.record(**row)
         self.last = self.book[-1]["gen"] if len(self.book) else -1
+        self.first = 0  # the first index of generation last + 1 (generations are runs of consecutive indices)
+        while self.first < study.next_index and study.strategy.generation_of(self.first) <= self.last:
+            self.first += 1
         # seconds count from the study's start, across resumes (the wall clock of its first run)
         self.t0 = float(study.archive.attrs.get("created", time.time()))
 
@@ -35,8 +38,11 @@ class Logbook:
         new = []
         while True:
             g = self.last + 1
-            members = [i for i in range(0, s.strategy.planned + 1) if s.strategy.generation_of(i) == g]
-            if not members or max(members) >= s.next_index:
+            end = self.first
+            while end <= s.planned and s.strategy.generation_of(end) == g:
+                end += 1
+            members = range(self.first, end)
+            if not members or end > s.next_index:
                 break
             inds = [s.pop[i] for i in members if i in s.pop]
             if any(not i.finished for i in inds):
@@ -51,7 +57,7 @@ class Logbook:
                 "seconds": round(time.time() - self.t0, 1),
             }
             self.book.record(**row)
-            self.last = g
+            self.last, self.first = g, end
             new.append(row)
         if new:
             s.archive.set_attr("logbook", [dict(r) for r in self.book])

@@ -63,7 +63,7 @@ class Mainline:
         self.incumbent = pop.get(last, pop[0])
 
     # -- decisions ------------------------------------------------------------------------------
-    def screen(self, ind: Individual) -> None:
+    def screen(self, ind: Individual, pop: dict[int, Individual]) -> None:
         """After its screening run: promote (statistics off), start a promotion test, or leave it untested."""
         assert self.incumbent is not None
         verdict = self.judge.screen(ind, self.incumbent)
@@ -83,7 +83,7 @@ class Mainline:
                 else:
                     self.decide(ind, Decision.UNTESTED, {"rule": "single run (deterministic target)"})
                 continue
-            d = self.judge.decide(ind, self.incumbent)
+            d = self.judge.decide(ind, self.incumbent, self.tests(pop))
             if d is None:
                 continue  # no noise model yet
             info = d.info | {"against": self.incumbent.index}
@@ -94,6 +94,17 @@ class Mainline:
                 self.log(f"#{ind.index:<4} promotion test: {d.decision} after {d.n} pairs (llr {d.llr:.2f})")
             elif not self.judge.needed(ind, self.incumbent) and ind.index not in running:
                 self.decide(ind, Decision.INCONCLUSIVE, info)
+
+    def tests(self, pop: dict[int, Individual]) -> list[tuple[Individual, Individual]]:
+        """Every promotion test of the study: (candidate, the incumbent it was tested against)."""
+        out = []
+        for key, d in self.decisions.items():
+            against = d.get("against")
+            if d.get("pairs") and against is not None and int(key) in pop and int(against) in pop and d.get("decision") != Decision.TESTING:
+                out.append((pop[int(key)], pop[int(against)]))
+        if self.incumbent is not None:
+            out += [(i, self.incumbent) for i in pop.values() if i.decision == Decision.TESTING]
+        return out
 
     def decide(self, ind: Individual, decision: Decision, info: dict[str, Any]) -> None:
         ind.decision = decision
@@ -108,7 +119,12 @@ class Mainline:
         assert ind.value is not None
         subject = f"evo: promote #{ind.index} ({self.metric} {was} -> {ind.value:.6g})"
         rule = info.get("rule") or f"paired SPRT, {info.get('pairs', 0)} pairs, llr {info.get('llr', 0.0):.3g}"
-        body = ind.description + changes_since(self.repo, old, ind.commit)
+        body = ind.description
+        if info.get("gain") is not None:  # the honest figure: measured on seeds that did not select it
+            lo, hi = info["gain_ci"]
+            body += (f"\n\nGain over #{info.get('against', '?')} on {info['pairs']} fresh seed(s), not used to select it: "
+                     f"{info['gain']:.4g} (95% interval {lo:.4g} to {hi:.4g}; {self.metric} units, positive = better)")
+        body += changes_since(self.repo, old, ind.commit)
         parents = [old] if old == ind.commit else [p for p in (old, ind.commit) if p]
         message = lineage.promotion_message(subject, body, study=self.study, index=ind.index, trial=ind.runs[ind.screen_seed].trial,
                                             candidate=ind.commit, metric=self.metric, value=ind.value,

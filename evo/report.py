@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from evo.archive import mask_url
 from evo.executors.base import Done, Executor
 from evo.individual import Individual
 from evo.logbook import Logbook
@@ -32,9 +33,13 @@ class Progress:
         self.t0 = time.time()
         self.tty = out is print and sys.stdout.isatty()
         self.done_runs = 0
-        s = study
-        out(f"study {s.name}: {s.strategy.name}, {s.strategy.planned} children planned, {executor.workers} worker(s); "
-            f"{s.made} made so far; storage {s.archive.url.split('://')[0]}; mainline {s.mainline.branch}")
+        self._last_plain = 0
+        s, se = study, study.cfg.search
+        self.of = "" if s.planned == sys.maxsize else f"/{s.planned}"
+        limits = [f"{k} {v:g}" for k, v in (("max_runs", se.max_runs), ("max_hours", se.max_hours), ("max_run_hours", se.max_run_hours)) if v]
+        out(f"study {s.name}: {s.strategy.name}, {'children until stopped' if s.planned == sys.maxsize else f'{s.planned} children planned'}"
+            f"{', budget ' + ', '.join(limits) if limits else ''}, {executor.workers} worker(s); "
+            f"{s.made} made and {s.spent_runs} runs so far; storage {s.archive.url.split('://')[0]}; mainline {s.mainline.branch}")
 
     def _line(self, text: str) -> None:
         if self.tty:
@@ -48,7 +53,7 @@ class Progress:
         val = fmt(r.value) if r.outcome == "complete" else r.outcome.upper()
         role = "" if done.job.role == "candidate" else f" {done.job.role} seed {done.job.seed}"
         self._line(
-            f"[{s.made:>4}/{s.strategy.planned}] #{ind.index:<4} g{ind.generation:<3} {ind.operator:<12}{role:<18} "
+            f"[{s.made:>4}{self.of}] #{ind.index:<4} g{ind.generation:<3} {ind.operator:<12}{role:<18} "
             f"{s.cfg.target.metric} {val:<10} mainline {fmt(inc.value if inc else None):<10} {r.seconds:5.1f}s  "
             f"{ind.description[:70] if done.job.role == 'candidate' else ''}"
             + (f"  ({r.reason})" if r.outcome not in ("complete",) and r.reason else "")
@@ -57,23 +62,47 @@ class Progress:
     def recorded(self) -> None:
         for row in self.logbook.update():
             self._line(
-                f"-- generation {row['gen']}: {row['evals']} evaluated, best run {fmt(row['best'])}, median {fmt(row['median'])}, "
-                f"{row['failed']} failed, {row['pruned']} pruned, {row['seconds']:.0f}s"
+                f"-- generation {row['gen']}: {row['evals']} children, median run {fmt(row['median'])}, "
+                f"{row['failed']} failed, {row['pruned']} pruned; best run of the study so far {fmt(row['best'])}; "
+                f"{row['seconds']:.0f}s since the study began"
             )
 
-    def tick(self) -> None:
-        if not self.tty:
-            return
+    def eta(self) -> tuple[int, float]:
+        """(runs still expected, seconds left): from this session's measured run rate and the work left,
+        expected confirmation runs included, under whichever limit binds first."""
         s = self.study
+        se = s.cfg.search
+        children = max(1, s.made)
+        per_child = max(1.0, (s.spent_runs - len(s.judge.replicate_seeds)) / children)  # confirmations included
+        left = (s.planned - s.made) * per_child if s.planned < sys.maxsize else float("inf")
+        left += sum(1 for i in s.pop.values() if i.decision == "testing") * 2  # open tests: a couple of pairs each
+        if se.max_runs:
+            left = min(left, max(0, se.max_runs - s.spent_runs))
         elapsed = time.time() - self.t0
-        rate = s.made / elapsed if elapsed > 0 and s.made else 0
-        left = (s.strategy.planned - s.made) / rate if rate else float("nan")
-        sys.stdout.write(
-            f"\r\033[K  running {self.executor.busy()}/{self.executor.workers}  made {s.made}/{s.strategy.planned}  "
-            f"best {fmt(s.incumbent.value if s.incumbent else None)}  elapsed {elapsed:.0f}s"
-            + (f"  ~{left:.0f}s left" if left == left else "")
-        )
-        sys.stdout.flush()
+        rate = self.done_runs / elapsed if elapsed > 0 and self.done_runs else 0.0
+        seconds = left / rate if rate else float("nan")
+        if se.max_run_hours and rate:
+            mean_run = s.spent_seconds / max(1, s.spent_runs)
+            seconds = min(seconds, max(0.0, se.max_run_hours * 3600 - s.spent_seconds) / max(mean_run, 1e-9) / rate)
+        if se.max_hours:
+            seconds = min(seconds, max(0.0, se.max_hours * 3600 - s.wall_seconds())) if seconds == seconds else max(0.0, se.max_hours * 3600 - s.wall_seconds())
+        return (int(left) if left != float("inf") else -1), seconds
+
+    def status(self) -> str:
+        s = self.study
+        runs_left, seconds = self.eta()
+        total = f"/~{s.spent_runs + runs_left}" if runs_left >= 0 else ""
+        left = f", ~{_duration(seconds)} left" if seconds == seconds and seconds != float("inf") else ""
+        return (f"{s.spent_runs}{total} runs{left}; made {s.made}{self.of} children; "
+                f"mainline {fmt(s.incumbent.value if s.incumbent else None)} ({len(s.mainline.promotions)} promotions)")
+
+    def tick(self) -> None:
+        if self.tty:
+            sys.stdout.write(f"\r\033[K  running {self.executor.busy()}/{self.executor.workers}: {self.status()}")
+            sys.stdout.flush()
+        elif self.done_runs and self.done_runs % 25 == 0 and self.done_runs != self._last_plain:
+            self._last_plain = self.done_runs  # a plain line now and then for logs and pipes
+            self.out(f"-- progress: {self.status()}")
 
     def close(self, summary: dict[str, Any]) -> None:
         s = summary
@@ -81,8 +110,17 @@ class Progress:
             f"done: {s['candidates']} candidates ({s['evaluated']} evaluated, {s['failed']} failed, {s['pruned']} pruned, "
             f"{s['duplicates']} duplicates), {s['runs']} runs, {s['promotions']} promotion(s); "
             f"baseline {fmt(s['baseline'])} -> mainline {fmt(s['incumbent_value'])}; worker utilisation {s['utilisation']:.0%}"
+            + (f"; stopped by {s['stopped']}" if s.get("stopped") else "")
         )
         name = self.study.name
         url = self.study.archive.url
-        flag = "" if url == default_storage(None) else f" --storage {shlex.quote(url)}"
+        flag = "" if url == default_storage(None) else f" --storage {shlex.quote(mask_url(url))}"
         self.out(f"inspect: evo best {name}{flag} | evo trials {name}{flag} | evo mainline {name}{flag} | evo lineage {name}{flag}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -33,21 +33,23 @@ def search(cfg: Config, mutation: Mutation, resolver: ConflictResolver, make_exe
                 while executor.free() and (job := study.next_job()) is not None:
                     executor.submit(job)
                 if executor.busy() == 0:
-                    break  # nothing running and nothing startable: the budget is spent
+                    break  # nothing running and nothing startable: the strategy has nothing more to plan
                 for done in executor.wait(timeout=0.5):
                     progress.run_finished(done, study.pop[done.job.index])
                     study.record(done.job, done.result, done.worker, done.monitor_trace)
                     progress.recorded()
                 progress.tick()
         except KeyboardInterrupt:
-            out("interrupted: stopping runs; the same command resumes this study")
+            out("stopping runs; the same command resumes this study")
             executor.cancel_all()
             for done in executor.wait(timeout=0.1):
                 study.record(done.job, done.result, done.worker, done.monitor_trace)
             raise
         finally:
             executor.shutdown()
-            study.archive.set_attr("utilisation", round(executor.utilisation(), 4))
+            if executor.utilisation() > 0:  # a session that ran nothing (a finished study re-run) says nothing
+                study.archive.set_attr("utilisation", round(executor.utilisation(), 4))
+            study.close()
     summary = study.summary() | {"utilisation": executor.utilisation(), "wall_seconds": time.time() - study.started}
     progress.close(summary)
     return summary

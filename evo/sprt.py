@@ -1,6 +1,6 @@
 """Sequential tests for noisy training runs: pure maths, no I/O.
 
-Two tests with two jobs (DESIGN.md section 2):
+Two tests with two jobs (docs/statistics.md):
 
 * ``FutilityTest`` watches ONE run's progress curve and says "stop" when the candidate is
   clearly not better than its reference. It never promotes: one run carries too little
@@ -9,7 +9,7 @@ Two tests with two jobs (DESIGN.md section 2):
   run with the same seed), a Wald SPRT (sigma known) or a GSPRT (sigma estimated).
 
 Sign convention, everywhere in this module: values are oriented so that LOWER IS BETTER
-(the caller negates a metric that is maximised). A *gain* is a positive reduction, so a
+(the caller orients values with `evo.individual.Direction.loss`). A *gain* is a positive reduction, so a
 candidate that is better by ``g`` has a difference ``candidate - reference = -g``.
 ``delta`` (the wanted gain) is always a positive number.
 """
@@ -900,3 +900,4 @@ def required_pairs_fixed(delta: float, sigma: float, alpha: float = 0.05, beta: 
     za = stats.norm.ppf(1.0 - _check_prob("alpha", alpha))
     zb = stats.norm.ppf(1.0 - _check_prob("beta", beta))
     return float(((za + zb) * sigma / delta) ** 2)
+

@@ -11,6 +11,7 @@ On every start `load` rebuilds the state from the archive and the refs, so whate
 from __future__ import annotations
 
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ class Study:
         self.next_index = 1
         self.data_fingerprint = ""  # what the baseline's runs print as `data_fingerprint:`; every run must match
         self.started = time.time()
+        self.earlier_wall = 0.0  # wall-clock seconds of the study's earlier sessions
+        self.spent_runs, self.spent_seconds = 0, 0.0  # runs recorded so far and their summed durations
+        self.stop_reason = ""  # which budget ended the search ("" while none has)
 
     @property
     def incumbent(self) -> Individual | None:
@@ -61,6 +65,25 @@ class Study:
     @property
     def made(self) -> int:
         return self.next_index - 1
+
+    @property
+    def planned(self) -> int:
+        """Children this search makes at most (`forever`: no bound but the budgets)."""
+        return sys.maxsize if self.cfg.search.forever else self.strategy.planned
+
+    def wall_seconds(self) -> float:
+        return self.earlier_wall + time.time() - self.started
+
+    def over_budget(self) -> str:
+        """The budget that is spent (runs in flight count as spent), or ''. No run starts past it."""
+        se = self.cfg.search
+        if se.max_runs and self.spent_runs + len(self.inflight) >= se.max_runs:
+            return f"max_runs = {se.max_runs}"
+        if se.max_run_hours and self.spent_seconds >= se.max_run_hours * 3600:
+            return f"max_run_hours = {se.max_run_hours:g}"
+        if se.max_hours and self.wall_seconds() >= se.max_hours * 3600:
+            return f"max_hours = {se.max_hours:g}"
+        return ""
 
     # -- opening and resuming ----------------------------------------------------------------
     def load(self) -> None:
@@ -95,12 +118,15 @@ class Study:
         if first is not None and first.outcome != COMPLETE:  # the baseline failed last time: try it again (it stops the search if it fails)
             del self.pop[0].runs[self.judge.screen_seed]
         self.next_index = max(self.pop) + 1
+        ran = [r for i in self.pop.values() for r in i.runs.values() if r.trial >= 0]  # duplicates reuse a run: not spent
+        self.spent_runs, self.spent_seconds = len(ran), sum(r.seconds for r in ran)
+        self.earlier_wall = float(self.archive.attrs.get("wall_seconds", 0.0))
         self.mainline.reconcile(self.pop)
         self.judge.fit(self.pop[0])
         self.data_fingerprint = str(self.archive.attrs.get("data_fingerprint", ""))
         for ind in sorted(self.pop.values(), key=lambda i: i.index):
             if ind.index > 0 and ind.status == Status.EVALUATED and not ind.decision:
-                self.mainline.screen(ind)  # killed between its trial and its decision: decide now, as `record` would have
+                self.mainline.screen(ind, self.pop)  # killed between its trial and its decision: decide now, as `record` would have
         self.mainline.update_tests(self.pop, self.running())  # likewise for a test whose last run was recorded, not decided
 
     def setup(self) -> None:
@@ -109,6 +135,8 @@ class Study:
     # -- choosing work -------------------------------------------------------------------------
     def next_job(self) -> Job | None:
         """The most useful run to start now: baseline replicates, promotion tests, pending children, new children."""
+        if self.over_budget():
+            return None
         base = self.pop[0]
         for seed in self.judge.replicate_seeds:
             if seed not in base.runs and (0, seed) not in self.inflight:
@@ -125,7 +153,7 @@ class Study:
         for ind in sorted(self.pop.values(), key=lambda i: i.index):
             if ind.status == Status.PENDING and ind.commit and (ind.index, ind.screen_seed) not in self.inflight:
                 return self._job(ind, ind.screen_seed, Role.CANDIDATE)
-        while self.made < self.strategy.planned and not self.breeder.out_of_tokens():
+        while self.made < self.planned and not self.breeder.out_of_tokens():
             idx = self.next_index
             rng = random.Random(f"{self.cfg.study.seed}:{idx}")
             plan = self.strategy.plan(idx, self.pop, incumbent, rng)
@@ -172,6 +200,8 @@ class Study:
         number = self.archive.add(result.outcome, result.value, attrs, result.progress, result.seconds, params=params)
         ind.runs[job.seed] = Run(seed=job.seed, trial=number, value=result.value, outcome=result.outcome,
                                  progress=result.progress, metrics=result.metrics, seconds=result.seconds)
+        self.spent_runs += 1
+        self.spent_seconds += result.seconds
         if job.seed == ind.screen_seed:
             ind.status = {COMPLETE: Status.EVALUATED, "pruned": Status.PRUNED}.get(result.outcome, Status.FAILED)
             ind.reason = result.reason
@@ -185,7 +215,7 @@ class Study:
             monitor = f"futility over {len(noise.checkpoints)} checkpoints" if noise.checkpoints else "no progress checkpoints: no futility test"
             self.log(f"noise model: sigma {noise.sigma_final:.4g} over {noise.n} seeds; delta {self.judge.delta:.4g}; {monitor}")
         if job.seed == ind.screen_seed and ind.status == Status.EVALUATED and ind.index > 0 and not ind.decision:
-            self.mainline.screen(ind)
+            self.mainline.screen(ind, self.pop)
         self.mainline.update_tests(self.pop, self.running())
         return ind
 
@@ -205,11 +235,23 @@ class Study:
             self.log(f"#{ind.index:<4} INVALID  {result.reason}")
 
     def finished(self) -> bool:
-        if self.made < self.strategy.planned and not self.breeder.out_of_tokens():
+        """Nothing left to do: the children made and decided, or a budget spent with no run in flight."""
+        if self.inflight:
             return False
-        if self.inflight or any(i.status == Status.PENDING and i.commit for i in self.pop.values()):
+        if (reason := self.over_budget()):
+            self.stop_reason = reason
+            return True
+        if self.made < self.planned and not self.breeder.out_of_tokens():
+            return False
+        if any(i.status == Status.PENDING and i.commit for i in self.pop.values()):
             return False
         return not any(i.decision == Decision.TESTING for i in self.pop.values())
+
+    def close(self) -> None:
+        """Record this session's wall time and why the search stopped (a budget, or the end of its plan)."""
+        self.archive.set_attr("wall_seconds", round(self.wall_seconds(), 3))
+        self.archive.set_attr("stopped", {"reason": self.stop_reason or "planned children made and decided",
+                                          "runs": self.spent_runs, "run_seconds": round(self.spent_seconds, 3), "time": time.time()})
 
     def summary(self) -> dict[str, Any]:
         inds = [i for i in self.pop.values() if i.index > 0]
@@ -220,5 +262,5 @@ class Study:
             "pruned": count(Status.PRUNED), "duplicates": count(Status.DUPLICATE), "runs": sum(len(i.runs) for i in self.pop.values()),
             "promotions": len(self.mainline.promotions), "baseline": self.pop[0].value,
             "incumbent": inc.index if inc else 0, "incumbent_value": inc.value if inc else None,
-            "run_seconds": round(sum(r.seconds for i in self.pop.values() for r in i.runs.values()), 1),
+            "run_seconds": round(self.spent_seconds, 1), "spent_runs": self.spent_runs, "stopped": self.stop_reason,
         }

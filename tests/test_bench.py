@@ -41,7 +41,7 @@ def test_target_script_prints_what_the_formula_says(tmp_path: Path) -> None:
 
 
 def test_parts_and_sizes() -> None:
-    assert bench_run.parts_of(None) == ["overhead", "utilisation", "quality", "sprt"]
+    assert bench_run.parts_of(None) == ["overhead", "utilisation", "quality", "statistics"]
     assert bench_run.parts_of(["model"]) == ["model"]
     assert bench_run.parts_of(["quality,overhead"]) == ["overhead", "quality"]
     with pytest.raises(SystemExit):

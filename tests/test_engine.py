@@ -198,3 +198,57 @@ def test_a_failed_baseline_stops_the_search(make_repo, tmp_path: Path) -> None:
     study = Study(cfg, *build_operators(cfg))
     study.load()
     assert study.made == 0  # no child was made (nor any LLM token spent) against a baseline that cannot run
+
+
+def _runs(cfg: Config) -> list[tuple[int, int]]:
+    study = Study(cfg, *build_operators(cfg))
+    return [(int(t.user_attrs["index"]), int(t.user_attrs["seed"])) for t in study.archive.trials() if "run_seconds" in t.user_attrs]
+
+
+def test_max_runs_stops_the_search_and_a_larger_budget_continues_it(make_repo, tmp_path: Path) -> None:
+    repo = make_repo()
+    sections = {"search": {"strategy": "population", "population": 4, "generations": 50, "workers": 3, "max_runs": 20},
+                "sprt": {"enabled": True, "replicates": 3}}
+    cfg = make_cfg(tmp_path, repo, **sections)
+    summary, _ = search(cfg, toy(noise=0.05))
+    runs = _runs(cfg)
+    assert len(runs) == 20 == summary["spent_runs"] and summary["stopped"] == "max_runs = 20"
+    assert Study(cfg, *build_operators(cfg)).archive.attrs["stopped"]["reason"] == "max_runs = 20"
+    more = config_mod.with_overrides(cfg, search={"max_runs": 35})
+    summary2, _ = search(more, toy(noise=0.05))
+    runs2 = _runs(more)
+    assert len(runs2) == 35 and runs2[:20] == runs  # nothing re-run: the first 20 are the same trials
+    assert len(set(runs2)) == len(runs2)
+
+
+def test_run_hours_and_wall_hours_budgets(make_repo, tmp_path: Path) -> None:
+    repo = make_repo()
+    cfg = make_cfg(tmp_path, repo, search={"strategy": "greedy", "generations": 100, "max_run_hours": 12 / 3600}, sprt={"enabled": False})
+    summary, _ = search(cfg, toy())  # every simulated run lasts one (virtual) second
+    assert summary["spent_runs"] == 12 and summary["stopped"].startswith("max_run_hours")
+    cfg = make_cfg(tmp_path, repo, study={"name": "wall"}, search={"strategy": "greedy", "generations": 100, "max_hours": 1e-9},
+                   sprt={"enabled": False})
+    summary, _ = search(cfg, toy())
+    assert summary["spent_runs"] == 0 and summary["stopped"].startswith("max_hours")
+    wall = Study(cfg, *build_operators(cfg)).archive.attrs["wall_seconds"]
+    assert wall > 0
+    summary, _ = search(config_mod.with_overrides(cfg, search={"max_hours": 0.0, "generations": 5}), toy())
+    assert summary["spent_runs"] == 6 and summary["stopped"] == ""
+    assert Study(cfg, *build_operators(cfg)).archive.attrs["wall_seconds"] > wall  # the sessions add up
+
+
+def test_statistics_bench_runs_the_product_path(tmp_path: Path) -> None:
+    """`evo bench --only statistics`: whole ratchets of the real engine in a simulated world, where the
+    truth of every change is known; the three rules spend the same run-seconds."""
+    from evo.bench import statistics as stats
+
+    res = stats.run(True, tmp_path, sizes={"reps": 1, "budget": 40}, log=lambda line: None)
+    rules = res["rules"]
+    assert set(rules) == {"evo", "fixed-seed", "fresh-seed"}
+    for rec in res["records"]:
+        assert rec["run_seconds"] <= 40 + 1.0 and rec["candidates"] > 0  # a run that starts under the budget finishes
+    evo = [r for r in res["records"] if r["rule"] == "evo"]
+    assert all(r["runs"] >= 3 for r in evo)  # the baseline's replicates are spent first
+    assert all(r["commits"] >= r["no_gain_commits"] >= 0 for r in res["records"])
+    fixed = [r for r in res["records"] if r["rule"] == "fixed-seed"]
+    assert all(r["runs_per_candidate"] <= 1.05 for r in fixed)  # one run each (the baseline's aside)

@@ -26,14 +26,19 @@ from evo import cli
 from evo.runner import RunSpec, network_isolation_available, run, run_env
 
 
-def search(tmp: Path, repo: Path, **sections: dict[str, Any]) -> list[optuna.trial.FrozenTrial]:
-    """A search in this process; only the baseline runs unless sections say otherwise."""
+def search(tmp: Path, repo: Path, baseline_fails: bool = False, **sections: dict[str, Any]) -> list[optuna.trial.FrozenTrial]:
+    """A search in this process; only the baseline runs unless sections say otherwise.
+
+    A baseline that cannot run stops the search with an error naming its log (`baseline_fails`)."""
     sections.setdefault("search", {}).setdefault("generations", 0)
     cfg = write_config(tmp / "evo.toml", repo, tmp / "evo.db", **sections)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = cli.main(["search", "--config", str(cfg)])
-    assert rc == 0, out.getvalue() + err.getvalue()
+    if baseline_fails:
+        assert rc != 0 and "the baseline" in err.getvalue() and "did not run" in err.getvalue(), out.getvalue() + err.getvalue()
+    else:
+        assert rc == 0, out.getvalue() + err.getvalue()
     return optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp / 'evo.db'}").get_trials()
 
 
@@ -187,7 +192,7 @@ print("score: 1.0")
 
 def test_memory_limit(tmp_path: Path) -> None:
     repo = make_repo(tmp_path, ALLOCATE.format(mb=600))
-    t = search(tmp_path, repo, target={"memory_limit_mb": 300})[0]
+    t = search(tmp_path, repo, baseline_fails=True, target={"memory_limit_mb": 300})[0]
     assert t.user_attrs["outcome"] == "crashed" and t.user_attrs["reason"] == "the run failed (exit code 1)"
     assert "MemoryError" in log_of(t)
     # the same program with room to spare completes

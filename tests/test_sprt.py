@@ -412,23 +412,6 @@ def test_promising_and_pooled_sd() -> None:
     assert pooled_sd([[1.0]]) == (0.0, 0)
 
 
-# ----------------------------------------------------------------------------- benchmark smoke
-
-
-def test_bench_smoke() -> None:
-    from dataclasses import replace
-
-    from evo.bench import sprt_sim
-
-    cfg = replace(sprt_sim.SimConfig(), budget=25.0, chunk=20)
-    single = sprt_sim.single_candidates(cfg, 0, 20, ("evo", "autoresearch"))
-    assert set(single) == {"evo", "autoresearch"}
-    assert 0.0 <= single["evo"]["better_lost"] <= 1.0
-    r = sprt_sim.ratchets(cfg, 0, {"evo": 2, "autoresearch": 2})
-    assert r["autoresearch"]["candidates"] >= 20
-    assert json.dumps({"s": single, "r": r}, default=float)
-
-
 def test_futility_nugget_keeps_a_better_curve_of_another_shape() -> None:
     """Replicate curves that move in lockstep make the covariance nearly singular; without the
     nugget a candidate far better but with another curve shape was stopped as 'clearly worse'."""

@@ -1,6 +1,6 @@
 """`evo bench`: run the benchmark parts, write JSON and PNG under --out, print a summary table.
 
-Parts: overhead, utilisation, quality, sprt (the default set, also with --quick), and model
+Parts: overhead, utilisation, quality, statistics (the default set, also with --quick), and model
 (only when named: `--only model`). Each part writes <out>/<part>.json and its PNG; <out>/bench.json
 holds every part's latest result (a later `--only X` replaces X's section and keeps the others).
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from evo.bench.common import clean, loadavg, machine, warm_imports, write_json
 
-DEFAULT_PARTS = ("overhead", "utilisation", "quality", "sprt")
+DEFAULT_PARTS = ("overhead", "utilisation", "quality", "statistics")
 ALL_PARTS = DEFAULT_PARTS + ("model",)
 
 
@@ -55,7 +55,7 @@ def sizes_from_env() -> dict[str, dict[str, Any]]:
 def bench(quick: bool, out: Path, parts: list[str], seed: int = 0, sizes: dict[str, dict[str, Any]] | None = None,
           log: Any = print, n_jobs: int | None = None) -> dict[str, Any]:
     """Run the parts; return {part: result} plus 'meta'. Writes JSON and PNG files under out."""
-    from evo.bench import modelcmp, overhead, quality, sprt_real, utilisation
+    from evo.bench import modelcmp, overhead, quality, statistics, utilisation
 
     sizes = sizes or {}
     out = out.resolve()
@@ -77,11 +77,8 @@ def bench(quick: bool, out: Path, parts: list[str], seed: int = 0, sizes: dict[s
         elif part == "quality":
             res = quality.run(quick, out, seed, n_jobs=n_jobs, **kw)
             files = quality.plot(res, out)
-        elif part == "sprt":
-            qres, source = results.get("quality"), "the quality part's searches of the noisy target (this run)"
-            if qres is None:  # `--only sprt` after a full run: reuse that run's noisy searches rather than redo them
-                qres, source = earlier_quality(out, quick)
-            res = sprt_real.run(quick, out, seed, quality_res=qres, source=source, **kw)
+        elif part == "statistics":
+            res = statistics.run(quick, out, seed, **kw)
             files = []
         else:
             res = modelcmp.run(quick, out, seed, **kw)
@@ -108,23 +105,10 @@ def bench(quick: bool, out: Path, parts: list[str], seed: int = 0, sizes: dict[s
     return results
 
 
-def earlier_quality(out: Path, quick: bool) -> tuple[dict[str, Any] | None, str]:
-    """The quality section of <out>/bench.json, when it holds noisy searches of the same size class."""
-    try:
-        data = json.loads((out / "bench.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None, ""
-    q, run = data.get("quality"), data.get("runs", {}).get("quality", {})
-    if not q or run.get("quick") != quick or not any(r.get("target") == "noisy" for r in q.get("searches", [])):
-        return None, ""
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.get("started", 0)))
-    return q, f"the noisy searches of the quality part of the run started {when} (read from {out / 'bench.json'})"
-
-
 def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
-    from evo.bench import modelcmp, overhead, quality, sprt_real, utilisation
+    from evo.bench import modelcmp, overhead, quality, statistics, utilisation
 
-    tables = {"overhead": overhead.table, "utilisation": utilisation.table, "quality": quality.table, "sprt": sprt_real.table,
+    tables = {"overhead": overhead.table, "utilisation": utilisation.table, "quality": quality.table, "statistics": statistics.table,
               "model": modelcmp.table}
     rows: list[tuple[str, str]] = []
     for part, fn in tables.items():
