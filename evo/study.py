@@ -11,6 +11,7 @@ On every start `load` rebuilds the state from the archive and the refs, so whate
 from __future__ import annotations
 
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -26,9 +27,12 @@ from evo.gitrepo import GitRepo
 from evo.individual import COMPLETE, INTERRUPTED, Decision, Direction, Individual, Role, Run, Status, candidate_attrs, rebuild
 from evo.judge import Judge
 from evo.mainline import Mainline
-from evo.runner import RunResult, kill_leftovers
+from evo.runner import RunResult, default_progress_regex, kill_leftovers
 from evo.strategies import make_strategy
 from operators.base import ConflictResolver, Mutation
+
+
+_PROGRESS_LIKE = re.compile(r"(?i)\b(progress|step|iter|epoch|batch)\b\D{0,20}\d")
 
 
 class Study:
@@ -208,6 +212,8 @@ class Study:
             if ind.index == 0 and ind.status != Status.EVALUATED:  # nothing can be compared with a baseline that does not run
                 raise EvoError(f"the baseline ({self.archive.attrs['base_commit'][:8]}) did not run: {result.outcome}"
                                f"{': ' + result.reason if result.reason else ''}; see {job.log_path}")
+        if ind.index == 0 and job.seed == self.judge.screen_seed and result.outcome == COMPLETE and not result.progress:
+            self._no_progress_hint(result)
         if ind.index == 0 and self.judge.noise is None and not self.judge.noiseless and self.judge.fit(ind) is not None:
             noise = self.judge.noise
             assert noise is not None
@@ -218,6 +224,16 @@ class Study:
             self.mainline.screen(ind, self.pop)
         self.mainline.update_tests(self.pop, self.running())
         return ind
+
+    def _no_progress_hint(self, result: RunResult) -> None:
+        """A baseline with no progress point the regex reads: say what it printed that looks like progress."""
+        looks = [ln for ln in result.log_tail.replace("\r", "\n").splitlines() if _PROGRESS_LIKE.search(ln)]
+        regex = self.cfg.target.progress_regex or default_progress_regex(self.cfg.target.metric)
+        if looks:
+            self.log(f"note: the baseline printed {looks[-1].strip()[:120]!r}, which [target] progress_regex = {regex!r} does not read; "
+                     "name groups (?P<progress>...) (0..1) and (?P<value>...) in a progress_regex that does, or the futility test has nothing to watch")
+        else:
+            self.log("note: the baseline printed no progress lines: runs are judged on their final metric alone (no futility test)")
 
     def _check_data(self, ind: Individual, result: RunResult) -> None:
         """Runs on other data are not comparable: a complete run must print the baseline's data fingerprint."""

@@ -31,7 +31,7 @@ def constants(src: Source) -> dict[str, float]:
     return {c.name: float(c.value) for c in find_constants("target.py", src.read("target.py"))}
 
 
-def toy(noise: float = 0.0, progress: bool = True):
+def toy(noise: float = 0.0, progress: bool = True, log: str = ""):
     """The conftest target's formula (maximise; optimum X=3, Y=7, FLAG=True) with a per-seed offset."""
 
     def evaluate(src: Source, job: Job) -> Evaluation:
@@ -39,7 +39,7 @@ def toy(noise: float = 0.0, progress: bool = True):
         score = -(c["X"] - 3.0) ** 2 - 0.1 * (c["Y"] - 7) ** 2 + (0.5 if c["FLAG"] else 0.0)
         score += noise * random.Random(job.seed * 7919 + 17).gauss(0.0, 1.0)
         curve = [(k / 4, score - (1 - k / 4)) for k in range(1, 5)] if progress else []
-        return Evaluation(value=score, seconds=1.0, progress=curve)
+        return Evaluation(value=score, seconds=1.0, progress=curve, log=log)
 
     return evaluate
 
@@ -124,12 +124,17 @@ def test_promotion_test_confirms_on_fresh_seeds_never_the_screening_one(make_rep
 
 
 def test_a_target_without_progress_lines_still_promotes(make_repo, tmp_path: Path) -> None:
+    """autoresearch's train.py prints its steps with \r and only `val_bpb:` at the end: the finals
+    alone make the noise model, and the user is told which line the progress regex did not read."""
     repo = make_repo()
     cfg = make_cfg(tmp_path, repo, search={"strategy": "greedy", "generations": 15}, sprt={"enabled": True, "replicates": 3})
     lines: list[str] = []
-    summary, _ = search(cfg, toy(noise=0.05, progress=False), out=lines.append)
+    printed = "step 00950 (98.2%) | loss: 3.2101 | dt: 312ms\rstep 00953 (100.0%) | loss: 3.2099\n---\nscore: 1.0\n"
+    summary, _ = search(cfg, toy(noise=0.05, progress=False, log=printed), out=lines.append)
     assert any("no progress checkpoints" in ln for ln in lines)
-    assert summary["promotions"] >= 2
+    hint = [ln for ln in lines if ln.startswith("note: the baseline printed")]
+    assert len(hint) == 1 and "step 00953 (100.0%)" in hint[0] and "progress_regex" in hint[0]
+    assert summary["promotions"] >= 2 and summary["spent_runs"] <= 3 * summary["candidates"]
     assert not any("testing" == d.get("decision") for d in Study(cfg, *build_operators(cfg)).archive.attrs["decisions"].values())
 
 

@@ -34,6 +34,7 @@ class Evaluation:
     progress: list[tuple[float, float]] = field(default_factory=list)  # (fraction 0..1, value), in order
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str = ""  # why it crashed
+    log: str = ""  # what the run printed (its log's tail), where it matters
 
 
 class Source:
@@ -85,7 +86,7 @@ class InProcessExecutor:
         if ev.value is None:
             return RunResult("crashed", progress=seen, seconds=ev.seconds, reason=ev.reason or "no metric printed", returncode=1)
         return RunResult("complete", value=ev.value, metrics={self.template.metric: ev.value, **ev.metrics}, progress=seen,
-                         seconds=ev.seconds, returncode=0)
+                         seconds=ev.seconds, returncode=0, log_tail=ev.log)
 
     def wait(self, timeout: float) -> list[Done]:
         """Advance the clock to the next finish; return every run that ends then."""
