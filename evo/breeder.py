@@ -22,11 +22,9 @@ from evo.archive import Archive
 from evo.errors import EvoError
 from evo.gitrepo import GitRepo, matches
 from evo.individual import DUPLICATE_OUTCOME, OPERATOR_FAILED, REJECTED, Direction, Individual, Role, Run, Status, candidate_attrs
+from evo.runner import cap_artifacts
 from evo.strategies import Plan
 from operators.base import ConflictResolver, Context, Mutation, OperatorError, Parent
-
-ARTIFACT_CAP = 2_000_000  # characters kept per artifact file; the rest is cut (and the cut said)
-
 
 class Breeder:
     def __init__(self, repo: GitRepo, study: str, ns: str, mutable: tuple[str, ...], mutation: Mutation,
@@ -197,12 +195,10 @@ class Breeder:
             return ""
         folder = self.artifacts / f"{idx:05d}"
         folder.mkdir(parents=True, exist_ok=True)
-        for name, text in artifacts.items():
+        # untrusted text (a model's answer): made encodable and capped per proposal, the cut said in the file
+        for name, text in cap_artifacts(artifacts).items():
             safe = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "artifact"
-            if len(text) > ARTIFACT_CAP:
-                text = text[:ARTIFACT_CAP] + f"\n[evo: cut here; {len(text) - ARTIFACT_CAP} more characters not kept]\n"
-            # untrusted text (a model's answer) may hold lone surrogates: written escaped, never a crash
-            (folder / (safe if "." in safe else safe + ".txt")).write_text(text, encoding="utf-8", errors="backslashreplace")
+            (folder / (safe if "." in safe else safe + ".txt")).write_text(text, encoding="utf-8")
         return str(folder)
 
     def _count_usage(self, usage: dict[str, int]) -> None:

@@ -96,7 +96,8 @@ class Study:
         if "base_commit" not in a:
             base = self.repo.head()
             config = self.cfg.to_dict()
-            config["study"]["storage"] = mask_url(config["study"]["storage"])  # no password in the archive
+            for sec, key in (("study", "storage"), ("llm", "base_url"), ("executor", "ray_address")):
+                config[sec][key] = mask_url(config[sec][key])  # no credential in the archive
             for key, attrs in (("config", config), ("repo", str(self.repo.path)), ("namespace", self.ns),
                                ("mainline", self.mainline.ref), ("metric", self.cfg.target.metric),
                                ("direction", self.cfg.target.direction), ("strategy", self.strategy.name), ("seed", self.cfg.study.seed),

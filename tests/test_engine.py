@@ -257,3 +257,12 @@ def test_statistics_bench_runs_the_product_path(tmp_path: Path) -> None:
     assert all(r["commits"] >= r["no_gain_commits"] >= 0 for r in res["records"])
     fixed = [r for r in res["records"] if r["rule"] == "fixed-seed"]
     assert all(r["runs_per_candidate"] <= 1.05 for r in fixed)  # one run each (the baseline's aside)
+
+
+def test_credentials_never_reach_the_archive(make_repo, tmp_path: Path) -> None:
+    repo = make_repo()
+    cfg = make_cfg(tmp_path, repo, search={"strategy": "greedy", "generations": 1}, sprt={"enabled": False},
+                   llm={"base_url": "https://alice:s3cret-pw@llm.example/v1"}, executor={"ray_address": "ray://bob:hunter2@head:10001"})
+    search(cfg, toy())
+    stored = repr(Study(cfg, *build_operators(cfg)).archive.attrs)
+    assert "s3cret-pw" not in stored and "hunter2" not in stored and "alice:***@llm.example" in stored
