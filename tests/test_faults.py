@@ -205,7 +205,7 @@ class Disk:
         for log in (self.storage.parent / "results" / "logs" / self.name).glob("*.log"):
             m = re.fullmatch(r"(\d+)-seed(\d+)\.log", log.name)
             if m and log.stat().st_mtime >= t0 and (int(m[1]), int(m[2])) not in done:
-                return "run"  # started, not ended
+                return "confirm" if int(m[1]) > 0 and int(m[2]) != 0 else "run"  # started, not ended
         indices = {t.user_attrs["index"] for t in ts}
         if any(i not in indices for i in self.refs() if i > 0):
             return "commit"  # committed, not started
@@ -331,6 +331,42 @@ def test_kill_9_at_random_moments_then_resume(make_repo, tmp_path: Path) -> None
     assert {t.user_attrs["index"] for t in ts if t.user_attrs["outcome"] == "complete" and t.user_attrs["index"] > 0} <= set(map(int, decisions))
     # the kills landed everywhere
     assert len(phases) >= 5 and all(phases[p] >= 1 for p in ("startup", "commit", "run", "record")), phases
+
+
+@pytest.mark.timeout(900)
+def test_kill_9_on_the_shipped_configuration(make_repo, tmp_path: Path) -> None:
+    """The default shape: a population, the statistics on (replicates, futility, confirmation runs),
+    two workers. Two workers make the order of results depend on timing, so the resumed study is not
+    compared with a reference; it must hold the invariants after every kill and end complete."""
+    rng = random.Random(SEED + 1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    repo = make_repo(noise=0.4)
+    cfg = write_config(tmp_path / "evo.toml", repo, tmp_path / "evo.db",
+                       search={"strategy": "population", "population": 4, "generations": 5, "workers": 2},
+                       sprt={"enabled": True, "replicates": 3, "max_pairs": 4, "gate": 0.5})
+    zygote = Zygote(env)
+    disk = Disk(repo, tmp_path / "evo.db", "toy")
+    try:
+        t = time.time()
+        pid = zygote.spawn(["search", "--config", str(cfg), "--generations", "1"], tmp_path / "first.txt", tmp_path)
+        assert zygote.wait(pid) == 0, (tmp_path / "first.txt").read_text()
+        unit = (time.time() - t) / 9
+        phases, modes, generations = search_with_kills(zygote, Plain(env), cfg, tmp_path, disk, max(10, KILLS // 5), unit, rng)
+    finally:
+        zygote.close()
+    ts = disk.check()
+    print(f"\n{sum(phases.values())} kills ({generations} generations); phases {dict(phases)}; modes {dict(modes)}")
+    planned = 4 - 1 + generations * 4
+    assert sorted(t.user_attrs["index"] for t in ts if t.user_attrs["seed"] == 0) == list(range(planned + 1))
+    attrs = disk.attrs()
+    chain = disk.mainline()
+    assert [(p["index"], p["value"]) for p in attrs["promotions"]] == chain and chain, "nothing promoted"
+    decisions = attrs["decisions"]
+    assert not [k for k, d in decisions.items() if d["decision"] == "testing"], "a promotion test was left open"
+    done = {t.user_attrs["index"] for t in ts if t.user_attrs["outcome"] == "complete" and t.user_attrs["role"] == "candidate"}
+    assert done <= set(map(int, decisions))
+    assert any(t.user_attrs["role"] == "confirm" for t in ts), "no confirmation run: the statistics were not exercised"
+    assert phases["startup"] >= 1 and phases["run"] + phases["confirm"] >= 1 and phases["record"] >= 1, phases
 
 
 SLOW = '''\
