@@ -87,14 +87,14 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise EvoError(f"storage {mask_url(url)}: cannot create the folder {Path(path).parent}: {e.strerror}") from None
-    url = _postgresql_driver(url)
+    given, url = url, _postgresql_driver(url)  # messages name the URL as the user wrote it
     try:
         if url.startswith(("sqlite", "postgresql", "mysql", "oracle", "mssql")):
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
         return optuna.storages.get_storage(url)
     except Exception as e:  # noqa: BLE001 - sqlalchemy/driver errors of many kinds
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EvoError(f"storage {mask_url(url)}: cannot open: {mask_url(first)}") from None
+        raise EvoError(f"storage {mask_url(given)}: cannot open: {mask_url(first)}") from None
 
 
 POSTGRESQL_HINT = 'install psycopg 3 (pip install "psycopg[binary]") and use the URL form postgresql+psycopg://user:password@host/db'
