@@ -6,6 +6,7 @@ breakage each was tried against)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -269,9 +270,12 @@ ALL_GAIN = SPACED.replace("score = 10 - (LR - 0.3) ** 2 * 20 - (MOMENTUM - 0.9) 
 @pytest.mark.parametrize("rate", [1.0, 0.0])
 def test_mutation_rate_decides_whether_a_crossover_child_is_also_mutated(tmp_path: Path, rate: float) -> None:
     assert ALL_GAIN != SPACED
-    study = search(tmp_path, repo_with(tmp_path, ALL_GAIN), "--workers", "2", study={"seed": 1},
-                   search={"strategy": "population", "population": 3, "generations": 1, "crossover_rate": 1.0,
-                           "tournament_size": 1, "mutation_rate": rate, "steady_state": False},  # the barrier: the same pool whichever run ends first
+    sec: dict[str, Any] = {"strategy": "population", "population": 3, "generations": 1, "crossover_rate": 1.0,
+                           "tournament_size": 1, "mutation_rate": rate,
+                           "steady_state": False}  # the barrier: the same pool whichever run ends first
+    if "merge_side_lines" in {f.name for f in dataclasses.fields(SearchConfig)}:
+        sec["merge_side_lines"] = False  # those merges are planned before, and apart from, crossover_rate/mutation_rate
+    study = search(tmp_path, repo_with(tmp_path, ALL_GAIN), "--workers", "2", study={"seed": 1}, search=sec,
                    operators={"duplicate_retries": 0})  # a merge that repeats a tree would be retried mutated
     crosses = [t for t in by_index(study).values() if len(t.user_attrs["parent_indices"]) == 2]
     assert crosses, "the seeded search made no crossover"
