@@ -10,6 +10,8 @@ controller thread writes here: SQLite shared by writers hands the same trial to 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
 import math
 import re
 import warnings
@@ -158,7 +160,20 @@ class Archive:
         return self.study.user_attrs
 
     def set_attr(self, key: str, value: Any) -> None:
-        self.study.set_user_attr(key, value)
+        with self._writing():
+            self.study.set_user_attr(key, value)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A storage that fails under a write (disk full, a server gone) is one line, not a traceback;
+        what was written before stays consistent (each write is one transaction) and the study resumes."""
+        try:
+            yield
+        except EvoError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Optuna/SQLAlchemy/driver errors of many kinds
+            text = str(getattr(e, "orig", None) or e).strip().splitlines()
+            raise EvoError(f"storage {mask_url(self.url)}: cannot write: {mask_url(text[0] if text else type(e).__name__)}") from None
 
     # -- trials ------------------------------------------------------------------------------
     def trials(self, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
@@ -187,8 +202,9 @@ class Archive:
         )
         if seconds > 0 and trial.datetime_complete is not None:
             trial.datetime_start = trial.datetime_complete - datetime.timedelta(seconds=seconds)
-        trial_id = self.storage.create_new_trial(self._id, template_trial=trial)
-        return self.storage.get_trial_number_from_id(trial_id)
+        with self._writing():
+            trial_id = self.storage.create_new_trial(self._id, template_trial=trial)
+            return self.storage.get_trial_number_from_id(trial_id)
 
 
 def list_studies(storage_url: str) -> list[optuna.study.StudySummary]:

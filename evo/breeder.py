@@ -194,11 +194,14 @@ class Breeder:
         if not artifacts:
             return ""
         folder = self.artifacts / f"{idx:05d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        # untrusted text (a model's answer): made encodable and capped per proposal, the cut said in the file
-        for name, text in cap_artifacts(artifacts).items():
-            safe = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "artifact"
-            (folder / (safe if "." in safe else safe + ".txt")).write_text(text, encoding="utf-8")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # untrusted text (a model's answer): made encodable and capped per proposal, the cut said in the file
+            for name, text in cap_artifacts(artifacts).items():
+                safe = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "artifact"
+                (folder / (safe if "." in safe else safe + ".txt")).write_text(text, encoding="utf-8")
+        except OSError as e:  # a full disk or an unwritable results folder: the study stops, and resumes later
+            raise EvoError(f"cannot write the artifacts of #{idx} under {folder}: {e.strerror}") from None
         return str(folder)
 
     def _count_usage(self, usage: dict[str, int]) -> None:

@@ -77,6 +77,8 @@ def setup(cfg: Config, repo: GitRepo, base: str, template: RunTemplate, log: Pat
     spec = replace(template, command=python_command(cmd), timeout=max(3600.0, cfg.target.timeout), metric="__none__",
                    metric_regex="", progress_regex="", no_network=False, memory_limit_mb=0)
     try:
+        if template.cache_dir:
+            Path(template.cache_dir).mkdir(parents=True, exist_ok=True)  # $EVO_CACHE exists for setup to write in
         repo.export(base, workdir)
         res = run_job(spec, Job(index=0, commit=base, seed=0, role="setup", log_path=log), workdir, {}, None)
     finally:

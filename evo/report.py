@@ -53,7 +53,7 @@ class Progress:
         val = fmt(r.value) if r.outcome == "complete" else r.outcome.upper()
         role = "" if done.job.role == "candidate" else f" {done.job.role} seed {done.job.seed}"
         self._line(
-            f"[{s.made:>4}{self.of}] #{ind.index:<4} g{ind.generation:<3} {ind.operator:<12}{role:<18} "
+            f"[{s.made:>4}{self.of}] #{ind.index:<4} g{ind.generation:<3} {ind.operator:<19} {role:<18} "
             f"{s.cfg.target.metric} {val:<10} mainline {fmt(inc.value if inc else None):<10} {r.seconds:5.1f}s  "
             f"{ind.description[:70] if done.job.role == 'candidate' else ''}"
             + (f"  ({r.reason})" if r.outcome not in ("complete",) and r.reason else "")

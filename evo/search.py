@@ -9,11 +9,13 @@ and leaves a study that the same command resumes.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from evo.config import Config
+from evo.errors import EvoError
 from evo.lock import study_lock
 from evo.report import Progress
 from evo.study import Study
@@ -47,9 +49,14 @@ def search(cfg: Config, mutation: Mutation, resolver: ConflictResolver, make_exe
             raise
         finally:
             executor.shutdown()
-            if executor.utilisation() > 0:  # a session that ran nothing (a finished study re-run) says nothing
-                study.archive.set_attr("utilisation", round(executor.utilisation(), 4))
-            study.close()
+            try:
+                if executor.utilisation() > 0:  # a session that ran nothing (a finished study re-run) says nothing
+                    study.archive.set_attr("utilisation", round(executor.utilisation(), 4))
+                study.close()
+            except EvoError:
+                if sys.exc_info()[0] is None:
+                    raise  # the storage failed here first: say so
+                # else the storage already failed (that error is on its way out): this second failure adds nothing
     summary = study.summary() | {"utilisation": executor.utilisation(), "wall_seconds": time.time() - study.started}
     progress.close(summary)
     return summary

@@ -520,8 +520,6 @@ def storage_disk(tmp_path: Path):  # noqa: ANN201
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-@pytest.mark.xfail(strict=True, reason="lead: Breeder.save_artifacts lets OSError (disk full) escape as a traceback; "
-                                       "make it a clear exit (EvoError) or a recorded failure, then drop this mark")
 def test_a_full_disk_mid_search_ends_clearly_in_seconds_and_the_study_resumes(tmp_path: Path, make_repo, tiny_disk: Path) -> None:  # noqa: ANN001
     repo = make_repo(files={"target.py": """\
         import sys
@@ -611,9 +609,6 @@ def test_a_two_worker_search_on_postgresql(tmp_path: Path, make_repo) -> None:  
             pass
 
 
-@pytest.mark.xfail(strict=True, reason="lead: Archive.add/set_attr let StorageInternalError (disk full, a server gone) escape "
-                                       "as a traceback, and search()'s finally raises again over it; make them one EvoError line "
-                                       "(exit 2), then drop this mark")
 def test_a_storage_error_mid_search_ends_clearly_and_the_study_resumes(tmp_path: Path, make_repo, storage_disk: Path) -> None:  # noqa: ANN001
     """The storage's disk fills up mid-search (a candidate writes a filler next to the SQLite
     file, once): evo ends in seconds with one line, and once space is freed the same command
