@@ -122,9 +122,12 @@ class Judge:
         if not np.all(np.isfinite(ref)):
             return None
         # delta=None: the test's gain is one between-run sd of the progress curve (its own units);
+        # shape: a gain that grows during training, from nothing to delta at the end (a constant
+        # shift only makes the llr rise faster, so both kinds of change keep the error rate);
         # seed_corr: how much of the seed's effect a change is assumed to keep (0 assumes none: safe)
+        cps = np.asarray(self.noise.checkpoints, dtype=float)
         test = sprt.FutilityTest(self.noise, reference=[float(x) for x in ref], delta=None, alpha=self.cfg.futility_alpha,
-                                 paired=True, seed_corr=self.cfg.seed_corr)
+                                 paired=True, seed_corr=self.cfg.seed_corr, shape=cps / cps[-1])
         return Monitor(test, self.direction)
 
     def screen(self, cand: Individual, incumbent: Individual) -> str:

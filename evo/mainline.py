@@ -133,7 +133,8 @@ class Mainline:
         self.repo.set_ref(self.ref, commit, old, reason=subject)  # the ref first: it is the truth `reconcile` reads
         self.incumbent = ind
         self.promotions.append({"index": ind.index, "commit": commit, "candidate": ind.commit, "value": ind.value,
-                                "previous": prev.value if prev else None, "time": time.time(), "decision": info.get("decision")})
+                                "previous": prev.value if prev else None, "time": time.time(), "decision": info.get("decision"),
+                                "gain": info.get("gain"), "gain_ci": info.get("gain_ci")})
         self.archive.set_attr("promotions", self.promotions)
         self.decide(ind, Decision.ACCEPT, info)
         self.log(f"#{ind.index:<4} PROMOTED to {self.branch}: {self.metric} {was} -> {ind.value:.6g}")
