@@ -63,8 +63,9 @@ class SearchConfig:
     secondary_metric: str = ""  # e.g. peak_rss_mb: selection turns to NSGA-II
     secondary_direction: str = "minimize"
     steady_state: bool = True  # refill a worker as soon as it frees (no generation barrier)
-    exploit: float = 0.7  # population: chance a parent is the best so far (else a power-law draw by rank)
+    exploit: float = 0.9  # population: chance a parent is the incumbent (else a power-law draw by rank)
     rank_power: float = 1.0  # population: a parent of rank r (0 = best) is drawn with weight (r + 1) ** -rank_power
+    merge_side_lines: bool = False  # population: merge improving lines the incumbent lacks into it, once per pair
     # budgets: the search stops at whichever comes first (0 = no limit); `generations` still bounds the children
     max_runs: int = 0  # runs (baseline replicates and confirmations included)
     max_hours: float = 0.0  # wall-clock hours, summed over every session of the study

@@ -102,8 +102,14 @@ class Population:
     * Ranking uses a candidate's mean over every seed it ran (`Individual.mean()`), so one lucky
       screening run does not outrank a candidate measured on several seeds.
     * A crossover (probability `crossover_rate`) takes a partner drawn the same way among the lines
-      that neither contain nor are contained in the first parent (ancestry from `parent_indices`):
-      a merge of nested lines is a copy of the newer one. With no such partner, it is a mutation.
+      that neither contain nor are contained in the first parent (ancestry from `parent_indices`;
+      a merge of nested lines is a copy of the newer one) and that beat their own parent (an
+      improving side line, e.g. a sibling that lost the race to the incumbent with many workers;
+      merging a line whose own change hurt brings that change in). With no such partner, it is a
+      mutation.
+    * Before any of that (`merge_side_lines`): an improving line the incumbent does not contain and
+      was never merged with (with several workers, a sibling that improved but lost the race) is
+      merged into the incumbent, best ranked first, once per pair.
     * With a `secondary_metric`, survivors and tournaments are NSGA-II's (DEAP), as before.
     """
 
@@ -169,15 +175,31 @@ class Population:
             fails = failures(pop, self.direction)
             # the incumbent while it is among the survivors, else the best ranked
             inc = next((i for i in ranked if i.index == incumbent.index), ranked[0])
+            side = self.side_line(inc, ranked, pop)
+            if side is not None:  # an improving line the incumbent lacks: merge it in first
+                return Plan(parents=(inc, side), operator="crossover", generation=gen)
             a = inc if rng.random() < self.cfg.exploit else self._draw(ranked, fails, rng)
             b = None
             if rng.random() < self.cfg.crossover_rate:
                 anc = ancestry(pop)
-                partners = [i for i in ranked if not nested(a.index, i.index, anc)]
+                partners = [i for i in ranked if not nested(a.index, i.index, anc) and improved(i, pop, self.direction)]
                 b = self._draw(partners, fails, rng) if partners else None
         if b is not None and a.index != b.index:
             return Plan(parents=(a, b), operator="crossover", generation=gen, mutate_after=rng.random() < self.cfg.mutation_rate)
         return Plan(parents=(a,), operator="mutation", generation=gen)
+
+    def side_line(self, inc: Individual, ranked: list[Individual], pop: dict[int, Individual]) -> Individual | None:
+        """The best survivor that beat its own parent, is not nested with the incumbent and was never
+        merged with it: with several workers, a sibling that improved but lost the race (`merge_side_lines`)."""
+        if not self.cfg.merge_side_lines:
+            return None
+        tried = {tuple(sorted(i.parent_indices)) for i in pop.values() if len(i.parent_indices) == 2}
+        anc = ancestry(pop)
+        for i in ranked:
+            if (not nested(inc.index, i.index, anc) and improved(i, pop, self.direction)
+                    and tuple(sorted((inc.index, i.index))) not in tried):
+                return i
+        return None
 
     def _draw(self, ranked: list[Individual], fails: dict[int, int], rng: random.Random) -> Individual:
         weights = [(r + 1) ** -self.cfg.rank_power / (1 + fails.get(i.index, 0)) for r, i in enumerate(ranked)]
@@ -190,6 +212,15 @@ class Population:
         picks = tools.selTournamentDCD(padded, 2)
         a, b = picks[0].ind, picks[1].ind
         return a, (b if rng.random() < self.cfg.crossover_rate else None)
+
+
+def improved(ind: Individual, pop: dict[int, Individual], direction: Direction) -> bool:
+    """ind beat its (first) parent: its own change was a gain where it was made (worth merging elsewhere)."""
+    p = pop.get(ind.parent_indices[0]) if ind.parent_indices else None
+    if p is None or p.index == ind.index:
+        return False
+    a, b = ind.mean(), p.mean()
+    return a is not None and b is not None and direction.better(a, b)
 
 
 def ancestry(pop: dict[int, Individual]) -> dict[int, set[int]]:

@@ -146,7 +146,7 @@ def ind(index: int, values: list[float] | None, parents: tuple[int, ...] = (0,),
 
 
 def test_generation_zero_makes_at_most_one_baseline_mutant_per_worker() -> None:
-    strat = Population(SearchConfig(population=8, generations=3, workers=2, crossover_rate=0.0), "minimize")
+    strat = Population(SearchConfig(population=8, generations=3, workers=2, crossover_rate=0.0, merge_side_lines=False), "minimize")
     pop = {0: ind(0, [5.0], generation=0)}
     p1 = strat.plan(1, pop, pop[0], random.Random(1))
     pop[1] = ind(1, None, generation=0)
@@ -158,7 +158,7 @@ def test_generation_zero_makes_at_most_one_baseline_mutant_per_worker() -> None:
 
 
 def test_exploitation_and_rank_pressure() -> None:
-    cfg = SearchConfig(population=4, generations=5, crossover_rate=0.0, exploit=0.7, rank_power=1.0)
+    cfg = SearchConfig(population=4, generations=5, crossover_rate=0.0, exploit=0.7, rank_power=1.0, merge_side_lines=False)
     strat = Population(cfg, "minimize")
     pop = {i: ind(i, [float(v)]) for i, v in enumerate([9, 1, 4, 2, 3, 8])}
     counts = {}
@@ -171,7 +171,7 @@ def test_exploitation_and_rank_pressure() -> None:
 
 
 def test_selection_ranks_on_the_mean_over_seeds() -> None:
-    strat = Population(SearchConfig(population=1, generations=5, crossover_rate=0.0, exploit=0.0, elites=0), "minimize")
+    strat = Population(SearchConfig(population=1, generations=5, crossover_rate=0.0, exploit=0.0, elites=0, merge_side_lines=False), "minimize")
     lucky = ind(1, [1.0, 5.0, 6.0])  # screening run 1.0, mean 4.0
     steady = ind(2, [2.0])
     pop = {0: ind(0, [9.0]), 1: lucky, 2: steady}
@@ -179,7 +179,7 @@ def test_selection_ranks_on_the_mean_over_seeds() -> None:
 
 
 def test_failing_lines_breed_less() -> None:
-    strat = Population(SearchConfig(population=4, generations=5, crossover_rate=0.0, exploit=0.0), "minimize")
+    strat = Population(SearchConfig(population=4, generations=5, crossover_rate=0.0, exploit=0.0, merge_side_lines=False), "minimize")
     pop = {0: ind(0, [9.0]), 1: ind(1, [1.0]), 2: ind(2, [1.1])}
     def share(p: dict[int, Individual]) -> float:
         return sum(strat.plan(50, p, p[0], random.Random(s)).parents[0].index == 1 for s in range(1000)) / 1000  # type: ignore[union-attr]
@@ -190,7 +190,7 @@ def test_failing_lines_breed_less() -> None:
 
 
 def test_crossover_partners_are_never_nested_and_none_is_planned_without_one() -> None:
-    cfg = SearchConfig(population=8, generations=5, crossover_rate=1.0, mutation_rate=0.0)
+    cfg = SearchConfig(population=8, generations=5, crossover_rate=1.0, mutation_rate=0.0, merge_side_lines=False)
     strat = Population(cfg, "minimize")
     chain = {0: ind(0, [9.0]), 1: ind(1, [5.0], (0,)), 2: ind(2, [4.0], (1,)), 3: ind(3, [3.0], (2,))}
     assert all(strat.plan(9, chain, chain[3], random.Random(s)).operator == "mutation" for s in range(50))  # type: ignore[union-attr]
@@ -207,12 +207,25 @@ def test_crossover_partners_are_never_nested_and_none_is_planned_without_one() -
     assert {tuple(sorted(p.index for p in c.parents)) for c in crossed if c and c.operator == "crossover"} == {(3, 4), (2, 4)}
 
 
+def test_improving_side_lines_are_merged_into_the_incumbent_once() -> None:
+    strat = Population(SearchConfig(population=8, generations=5, crossover_rate=0.0, exploit=1.0, merge_side_lines=True), "minimize")
+    # 1 and 2 are siblings from the baseline; 3 (child of 1) is the incumbent; 2 improved on the baseline, 4 did not
+    pop = {0: ind(0, [9.0]), 1: ind(1, [5.0]), 2: ind(2, [6.0]), 3: ind(3, [4.0], (1,)), 4: ind(4, [9.5])}
+    plan = strat.plan(5, pop, pop[3], random.Random(0))
+    assert plan is not None and plan.operator == "crossover" and [p.index for p in plan.parents] == [3, 2]
+    pop[5] = ind(5, None, (3, 2))  # the merge is under way: never planned twice
+    assert all(strat.plan(6, pop, pop[3], random.Random(s)).operator == "mutation" for s in range(20))  # type: ignore[union-attr]
+    off = Population(SearchConfig(population=8, generations=5, crossover_rate=0.0, exploit=1.0, merge_side_lines=False), "minimize")
+    assert off.plan(5, {k: v for k, v in pop.items() if k < 5}, pop[3], random.Random(0)).operator == "mutation"  # type: ignore[union-attr]
+
+
 # -- the real engine ---------------------------------------------------------------------------------------
 def engine_search(tmp_path: Path, name: str, seed: int = 3, workers: int = 4):
     t = generate("epistatic", seed)
     repo = t.make_repo(tmp_path / name)
     cfg = make_config(tmp_path, name, repo, run="python run.py", mutable=t.mutable, strategy="population", generations=5,
-                      population=6, seed=seed, workers=workers, study={"storage": f"memory://{name}"})
+                      population=6, seed=seed, workers=workers, study={"storage": f"memory://{name}"},
+                      search={"crossover_rate": 0.5, "exploit": 0.7})
     summary, _ = inprocess.search(cfg, t.evaluate)
     return t, repo, summary, sorted(study_trials(cfg), key=lambda x: x.number)
 

@@ -14,7 +14,8 @@ counted), and is read at every budget in `budgets` (31, 100, 300 in the full run
 make the same decisions whatever the total budget, so a search of 300 read after 31 evaluations is
 a search of 31 (except that SPRT tests still open at that moment have not promoted yet).
 
-* evo `greedy`, `population`, `random`: the real engine in-process (evo.executors.inprocess:
+* evo `greedy`, `population`, `random` with the selection and operator settings of
+  configs/default.toml (`shipped_defaults`): the real engine in-process (evo.executors.inprocess:
   real Study, strategy, breeder with its duplicate retries, operators, git, judge, Optuna in-memory
   storage); runs simulated from the target's formula with lognormal durations (sigma 0.5), so with
   8 workers results come back in a varying order. SPRT on where the target is noisy.
@@ -55,6 +56,23 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "nox": {"search": {"crossover_rate": 0.0}},
     "nosprt": {},
 }
+
+
+SHIPPED = {"search": ("crossover_rate", "mutation_rate", "exploit", "rank_power", "merge_side_lines", "elites"),
+           "operators": ("max_changes", "step", "step_dist", "duplicate_retries")}
+
+
+def shipped_defaults() -> dict[str, dict[str, Any]]:
+    """The selection and operator settings of configs/default.toml (what `evo search` ships), so the
+    benchmark measures the settings users get; a strategy's modifiers override them."""
+    import tomllib
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "default.toml"
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError:
+        return {}
+    return {sec: {k: raw[sec][k] for k in keys if k in raw.get(sec, {})} for sec, keys in SHIPPED.items()}
 
 
 def variant(mod: str) -> dict[str, dict[str, Any]]:
@@ -133,12 +151,12 @@ def evo_search(t: Target, task: dict[str, Any]) -> dict[str, Any]:
     base, *mods = strat.split("-")
     sprt = t.noisy and "nosprt" not in mods
     W = task.get("workers", 1)
-    name = f"{t.name}-{strat}-{task['seed']}-w{W}"
+    name = f"{t.name}-{strat}-{task['seed']}-w{W}".replace("=", "_")
     repo = t.make_repo(work / name)
     B, mu = task["budget"], task["mu"]
     gens = {"greedy": B, "population": max(task["generations"], -(-(B - mu + 1) // mu)), "random": 1}[base]
     pop = {"greedy": mu, "population": mu, "random": B}[base]
-    sections: dict[str, dict[str, Any]] = {"study": {"storage": f"memory://{name}"}}
+    sections: dict[str, dict[str, Any]] = {"study": {"storage": f"memory://{name}"}, **shipped_defaults()}
     for m in mods:
         for sec, kv in variant(m).items():
             sections.setdefault(sec, {}).update(kv)
@@ -165,11 +183,14 @@ def evo_search(t: Target, task: dict[str, Any]) -> dict[str, Any]:
     commit_of = {int(x.user_attrs["index"]): x.user_attrs.get("commit") for x in trials if x.user_attrs.get("commit")}
     traj = []
     best_v, best_true = math.inf, None
+    done = [x.datetime_complete.timestamp() if x.datetime_complete else 0.0 for x in screening]
     for k, x in enumerate(screening):
         if x.state.name == "COMPLETE" and x.value is not None and x.value < best_v:
             best_v, best_true = x.value, true_of.commit(x.user_attrs["commit"])
-        done_at = x.datetime_complete.timestamp() if x.datetime_complete else 0.0
-        live = [p for p in promos if p["time"] <= done_at + 1e-3]
+        # the mainline after evaluation k: every promotion recorded before the next screening run finished
+        # (a promotion is written a few ms after the run that decided it, with its commit)
+        until = done[k + 1] if k + 1 < len(done) else math.inf
+        live = [p for p in promos if p["time"] < until]
         main = true_of.commit(commit_of.get(live[-1]["index"], base_commit)) if live else true_of.commit(base_commit)
         traj.append([k, best_true, main])
     ran = [x for x in trials if _ran(x)]
@@ -369,7 +390,10 @@ def cells(res: dict[str, Any]) -> list[dict[str, Any]]:
             sub = [r for r in recs if r["target"] == tname and r["workers"] == w]
             strategies = list(dict.fromkeys(r["strategy"] for r in sub))
             for b in res["params"]["budgets"]:
-                vals = {s: {r["seed"]: r["at"][str(b)]["mainline"] for r in sub if r["strategy"] == s} for s in strategies}
+                vals = {s: {r["seed"]: r["at"][str(b)]["mainline"] for r in sub if r["strategy"] == s and str(b) in r["at"]} for s in strategies}
+                vals = {s: v for s, v in vals.items() if v}
+                if not vals:
+                    continue
                 seeds = sorted(set.intersection(*(set(v) for v in vals.values()))) if vals else []
                 cell: dict[str, Any] = {"target": tname, "workers": w, "budget": b, "seeds": len(seeds),
                                         "median": {s: statistics.median(v[k] for k in seeds) if seeds else None for s, v in vals.items()},
