@@ -175,6 +175,14 @@ class Archive:
             text = str(getattr(e, "orig", None) or e).strip().splitlines()
             raise EvoError(f"storage {mask_url(self.url)}: cannot write: {mask_url(text[0] if text else type(e).__name__)}") from None
 
+    def delete_if_empty(self) -> None:
+        """Remove a study that was created but never started (no base commit, no trial)."""
+        try:
+            if "base_commit" not in self.attrs and not self.trials():
+                optuna.delete_study(study_name=self.name, storage=self.storage)
+        except Exception:  # noqa: BLE001 - best effort on the way out of another error
+            pass
+
     # -- trials ------------------------------------------------------------------------------
     def trials(self, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=states)

@@ -56,7 +56,10 @@ class Breeder:
                          parent_indices=tuple(p.index for p in plan.parents), generation=plan.generation,
                          operator=self.mutation.name, screen_seed=self.screen_seed)
         pop[idx] = ind
-        trees = {o.tree: o for o in pop.values() if o.commit and o.index != idx}
+        trees: dict[str, Individual] = {}  # tree -> the first individual with it (never a duplicate: it has no run of its own)
+        for o in sorted(pop.values(), key=lambda o: o.index):
+            if o.commit and o.index != idx and o.reused_from is None:
+                trees.setdefault(o.tree, o)
         artifacts: dict[str, str] = {}
         ctx = self.context(pop)
         try:
@@ -168,7 +171,8 @@ class Breeder:
             if ind.parents:  # the diff is written right after the ref: the kill may have come first
                 ind.artifacts = self.save_artifacts(idx, {"diff.patch": self.repo.diff(ind.parents[0], sha)})
                 ind.params = changed_constants(self.repo, self.repo.tree_of(ind.parents[0]), ind.tree, self.mutable)
-            twin = next((o for o in pop.values() if o.tree == ind.tree and o.index < idx and o.commit), None)
+            twin = min((o for o in pop.values() if o.tree == ind.tree and o.index < idx and o.commit and o.reused_from is None),
+                       key=lambda o: o.index, default=None)
             if twin is not None:  # killed before its `duplicate` trial was written: write it now, never run it
                 self.duplicate(ind, twin)
 

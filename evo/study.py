@@ -98,12 +98,16 @@ class Study:
             config = self.cfg.to_dict()
             for sec, key in (("study", "storage"), ("llm", "base_url"), ("executor", "ray_address")):
                 config[sec][key] = mask_url(config[sec][key])  # no credential in the archive
-            for key, attrs in (("config", config), ("repo", str(self.repo.path)), ("namespace", self.ns),
-                               ("mainline", self.mainline.ref), ("metric", self.cfg.target.metric),
-                               ("direction", self.cfg.target.direction), ("strategy", self.strategy.name), ("seed", self.cfg.study.seed),
-                               ("mutable", self.repo.match(base, self.cfg.target.mutable)), ("fingerprint", fingerprint),
-                               ("created", time.time()), ("base_commit", base)):  # base_commit last: a study with it has all the rest
-                self.archive.set_attr(key, attrs)
+            try:
+                for key, attrs in (("config", config), ("repo", str(self.repo.path)), ("namespace", self.ns),
+                                   ("mainline", self.mainline.ref), ("metric", self.cfg.target.metric),
+                                   ("direction", self.cfg.target.direction), ("strategy", self.strategy.name), ("seed", self.cfg.study.seed),
+                                   ("mutable", self.repo.match(base, self.cfg.target.mutable)), ("fingerprint", fingerprint),
+                                   ("created", time.time()), ("base_commit", base)):  # base_commit last: a study with it has all the rest
+                    self.archive.set_attr(key, attrs)
+            except BaseException:
+                self.archive.delete_if_empty()  # a study that never got its base commit leaves nothing behind
+                raise
         elif Path(a["repo"]).resolve() != self.repo.path:
             raise EvoError(f"study '{self.name}' belongs to the repository {a['repo']}, not {self.repo.path}")
         elif a.get("strategy") not in (None, self.strategy.name):
