@@ -45,13 +45,25 @@ def _prefixes(study: str, attrs: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _count_trials(storage: Any, study_id: int) -> int:
+    """One COUNT query on an RDB storage (reading 10,000 trials to count them takes half a minute)."""
+    from optuna.storages import RDBStorage
+
+    if isinstance(storage, RDBStorage):
+        from sqlalchemy import text
+
+        with storage.engine.connect() as conn:
+            return int(conn.execute(text("SELECT COUNT(*) FROM trials WHERE study_id = :sid"), {"sid": study_id}).scalar() or 0)
+    return len(storage.get_all_trials(study_id, deepcopy=False))
+
+
 def plan(storage: Any, url: str, study: str, keep_mainline: bool = False) -> Plan:
     """What `clean` would remove (reads only)."""
     from evo.gitrepo import GitRepo
 
     sid = storage.get_study_id_from_name(study)
     attrs = storage.get_study_user_attrs(sid)
-    p = Plan(study=study, url=url, trials=len(storage.get_all_trials(sid, deepcopy=False)))
+    p = Plan(study=study, url=url, trials=_count_trials(storage, sid))
     p.repo_path = str(attrs.get("repo") or "")
     if p.repo_path:
         try:
@@ -121,6 +133,7 @@ def clean(storage: Any, url: str, study: str, keep_mainline: bool = False, dry_r
         return p
     lock: Any = study_lock(p.repo.git_dir, study) if p.repo is not None else contextlib.nullcontext()
     with lock:
-        p = plan(storage, url, study, keep_mainline)  # again, under the lock: a search may have just made more
+        if p.repo is not None:  # the refs again, under the lock: a search may have made more meanwhile
+            p = plan(storage, url, study, keep_mainline)
         execute(storage, p)
     return p

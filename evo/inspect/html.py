@@ -41,6 +41,17 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _finite(obj: Any) -> Any:
+    """The data with every NaN or infinity replaced by None (JSON has neither)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _cap(text: str, max_lines: int | None) -> tuple[str, int]:
     """The text cut to max_lines, and how many lines were cut."""
     if max_lines is None:
@@ -243,6 +254,7 @@ def render(studies: list[EvoStudy], *, max_diff_lines: int | None = MAX_DIFF_LIN
         "studies": [study_data(s, max_diff_lines) for s in studies],
         "compare": compare_data(studies, group, by, value) if len(studies) > 1 else None,
     }
+    data = _finite(data)
     # JSON inside <script>: escape '<', '>' and '&' so no text (a diff, an LLM's description) can end the element
     blob = json.dumps(data, separators=(",", ":"), allow_nan=False)
     blob = blob.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
