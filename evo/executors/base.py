@@ -69,6 +69,27 @@ class Done:
     monitor_trace: list[tuple[float, float]] = field(default_factory=list)
 
 
+class Slots:
+    """Worker slots, numbered from 0; a job takes the lowest free one (GPU binding follows the number)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._free = list(range(workers))
+
+    def free(self) -> int:
+        return len(self._free)
+
+    def busy(self) -> int:
+        return self.workers - len(self._free)
+
+    def _take(self) -> int:
+        return self._free.pop(0)
+
+    def _release(self, slots: list[int]) -> None:
+        self._free.extend(slots)
+        self._free.sort()
+
+
 class Executor(Protocol):
     workers: int
 

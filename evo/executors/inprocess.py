@@ -20,7 +20,7 @@ from typing import Any
 
 from evo.config import Config
 
-from evo.executors.base import Done, Job, RunTemplate
+from evo.executors.base import Done, Job, RunTemplate, Slots
 from evo.gitrepo import GitRepo
 from evo.runner import RunResult
 
@@ -50,24 +50,18 @@ class Source:
 Evaluate = Callable[[Source, Job], Evaluation]
 
 
-class InProcessExecutor:
+class InProcessExecutor(Slots):
     def __init__(self, repo: GitRepo, template: RunTemplate, workers: int, evaluate: Evaluate) -> None:
-        self.repo, self.template, self.workers, self.evaluate = repo, template, workers, evaluate
+        super().__init__(workers)
+        self.repo, self.template, self.evaluate = repo, template, evaluate
         self.now = 0.0  # the virtual clock, in seconds
         self._heap: list[tuple[float, int, Done]] = []  # (finish time, submission order, result)
-        self._free = list(range(workers))
         self._order = 0
         self._busy_seconds = 0.0
         self._cancelled = False
 
-    def free(self) -> int:
-        return len(self._free)
-
-    def busy(self) -> int:
-        return self.workers - len(self._free)
-
     def submit(self, job: Job) -> None:
-        slot = self._free.pop(0)
+        slot = self._take()
         result = self._run(job)
         self._busy_seconds += result.seconds
         self._order += 1
@@ -95,10 +89,8 @@ class InProcessExecutor:
             return out
         t = float("inf") if self._cancelled else self._heap[0][0]
         while self._heap and self._heap[0][0] <= t:
-            _, _, done = heapq.heappop(self._heap)
-            out.append(done)
-            self._free.append(done.worker)
-        self._free.sort()
+            out.append(heapq.heappop(self._heap)[2])
+        self._release([d.worker for d in out])
         if not self._cancelled:
             self.now = max(self.now, t)
         return out

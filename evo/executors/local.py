@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from evo.executors.base import Done, Job, RunTemplate
+from evo.executors.base import Done, Job, RunTemplate, Slots
 from evo.gitrepo import GitRepo
 from evo.runner import RunResult, RunSpec, kill_all_runs, run, run_env, safe_text
 
@@ -52,13 +52,12 @@ def run_job(template: RunTemplate, job: Job, workdir: Path, extra_env: dict[str,
     return run(spec, monitor=job.monitor, cancel=cancel)
 
 
-class LocalExecutor:
+class LocalExecutor(Slots):
     def __init__(self, repo: GitRepo, template: RunTemplate, workers: int = 1) -> None:
+        super().__init__(workers)
         self.repo = repo
         self.template = template
-        self.workers = workers
         self.gpus = visible_gpus()
-        self._free = list(range(workers))
         self._done: queue.Queue[Done] = queue.Queue()
         self._threads: dict[int, threading.Thread] = {}
         self._cancel = threading.Event()
@@ -66,14 +65,8 @@ class LocalExecutor:
         self._busy_seconds = 0.0
         self._started = time.monotonic()
 
-    def free(self) -> int:
-        return len(self._free)
-
-    def busy(self) -> int:
-        return self.workers - len(self._free)
-
     def submit(self, job: Job) -> None:
-        slot = self._free.pop(0)
+        slot = self._take()
         t = threading.Thread(target=self._work, args=(slot, job), name=f"evo-slot-{slot}", daemon=True)
         self._threads[slot] = t
         t.start()
@@ -120,8 +113,7 @@ class LocalExecutor:
             pass
         for d in out:
             self._threads.pop(d.worker, None)
-            self._free.append(d.worker)
-            self._free.sort()
+        self._release([d.worker for d in out])
         return out
 
     def cancel_all(self) -> None:

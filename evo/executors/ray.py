@@ -50,7 +50,7 @@ from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
 from evo.config import ExecutorConfig
 from evo.errors import EvoError
-from evo.executors.base import Done, Job, RunTemplate
+from evo.executors.base import Done, Job, RunTemplate, Slots
 from evo.gitrepo import GitRepo, export_tree
 from evo.runner import RunResult, safe_text
 
@@ -246,14 +246,14 @@ class _Flight:
     lost: list[str] = dataclasses.field(default_factory=list)  # why earlier attempts were lost
 
 
-class RayExecutor:
+class RayExecutor(Slots):
     """The Executor protocol on a Ray cluster (or a local Ray instance started for the search)."""
 
     def __init__(self, repo: GitRepo, template: RunTemplate, workers: int, cfg: ExecutorConfig | None = None) -> None:
         cfg = cfg or ExecutorConfig(kind="ray")
+        Slots.__init__(self, workers)
         self.repo = repo
         self.template = template
-        self.workers = workers
         self.cfg = cfg
         self._owns = not ray.is_initialized()
         if self._owns:
@@ -286,7 +286,6 @@ class RayExecutor:
         except Exception:  # noqa: BLE001 - no streaming; logs still come back with each result
             self._channel = None
         self._drain: Any = None  # the outstanding drain call
-        self._free = list(range(workers))
         self._flights: dict[Any, _Flight] = {}  # ObjectRef -> flight
         self._ready: list[Done] = []  # finished outside wait() (cancel_all, export failures)
         self._tars: collections.OrderedDict[str, Any] = collections.OrderedDict()
@@ -294,14 +293,8 @@ class RayExecutor:
         self._started = time.monotonic()
 
     # -- the protocol ------------------------------------------------------------------------
-    def free(self) -> int:
-        return len(self._free)
-
-    def busy(self) -> int:
-        return self.workers - len(self._free)
-
     def submit(self, job: Job) -> None:
-        slot = self._free.pop(0)
+        slot = self._take()
         self._launch(_Flight(job, slot, "", 0, time.monotonic()))
 
     def wait(self, timeout: float) -> list[Done]:
@@ -318,9 +311,7 @@ class RayExecutor:
         elif not out:
             time.sleep(timeout)
         self._pump_logs()
-        for d in out:
-            self._free.append(d.worker)
-        self._free.sort()
+        self._release([d.worker for d in out])
         return out
 
     def cancel_all(self, grace: float = 10.0) -> None:
