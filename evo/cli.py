@@ -106,7 +106,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--run-hours", type=float, metavar="H",
                    help="[search] max_run_hours: stop after H hours of runs summed (GPU-hours at one GPU per run; default: no limit)")
     s.add_argument("--forever", action="store_true",
-                   help="[search] forever: ignore --generations and run until a budget, Ctrl-C or SIGTERM stops it")
+                   help="[search] forever: ignore --generations and run until a budget, Ctrl-C or SIGTERM stops it "
+                        "(default: the config's, else off)")
     s.add_argument("--seed", type=int, metavar="N", help="[study] seed: the proposals' random seed and the first EVO_SEED "
                                                         "(default: the config's, else 0)")
     s.add_argument("--mutation", choices=("constants", "llm", "agent"),

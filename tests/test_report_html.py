@@ -49,13 +49,14 @@ for i in range(1, 11):
     print(f"progress: {i / 10:.2f} score: {score * (0.5 + i / 20) + rng.gauss(0, 0.02):.4f}")
 print(f"score: {score:.6f}")
 '''
-POP = {"search": {"strategy": "population", "population": 3, "generations": 1, "crossover_rate": 1.0, "tournament_size": 1},
-       "sprt": {"enabled": False}}
-STUDIES = {
-    "sprt": {"search": {"strategy": "greedy", "generations": 6}, "sprt": {"enabled": True, "replicates": 3, "max_pairs": 4, "delta": 0.5}},
+POP = {"search": {"strategy": "population", "population": 3, "generations": 3, "crossover_rate": 1.0, "tournament_size": 1,
+                  "exploit": 0.0}, "sprt": {"enabled": False}}  # exploit 0: parents drawn by rank, so lines diverge and cross
+STUDIES = {  # seeded: each makes what its tests need (promotions, crossovers); the tests read which from the archive
+    "sprt": {"study": {"seed": 3}, "search": {"strategy": "greedy", "generations": 12},
+             "sprt": {"enabled": True, "replicates": 3, "max_pairs": 6, "delta": 0.2}},
     "pop-s1": {"study": {"seed": 1}, **POP},
-    "pop-s2": {"study": {"seed": 2}, **POP},
-    "pop-g2": {"study": {"seed": 1}, **POP, "search": {**POP["search"], "generations": 2}},  # test_mainline_names_every_change promotes by hand in it
+    "pop-s2": {"study": {"seed": 3}, **POP, "search": {**POP["search"], "exploit": 0.3}},
+    "pop-g2": {"study": {"seed": 1}, **POP, "search": {**POP["search"], "population": 4, "generations": 2}},  # promoted by hand below
 }
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -401,7 +402,7 @@ def test_lineage_and_members_print_readably(lab: Lab) -> None:
     shots = screening(lab.study("pop-s1"))
     cross = next(i for i, t in shots.items() if len(t.user_attrs.get("parent_indices", [])) == 2)
     other = shots[cross].user_attrs["parent_indices"][1]
-    assert any(f"#{cross}  g" in ln and f"crossover x #{other}" in ln for ln in lines), text
+    assert any(re.search(rf"#{cross}  g\d+  crossover\S* x #{other}  ", ln) for ln in lines), text
     for i in (p["index"] for p in lab.study("pop-s1").user_attrs["promotions"]):
         assert any(f"* #{i}  " in ln for ln in lines)  # promoted, marked
     assert str(tree) == "\n".join(lines[1:])
@@ -413,7 +414,7 @@ def test_lineage_and_members_print_readably(lab: Lab) -> None:
         TreeNode.REPR_LINES = old
     assert len(short) == 4 and short[-1].startswith(f"... {n - 2} more node(s)")
     m = s.member(cross)
-    assert repr(m).startswith(f"<Member #{cross}  g") and repr(m).endswith("(1 run)>") and "FrozenTrial" not in repr(m)
+    assert re.match(rf"<Member (\* )?#{cross}  g\d+  ", repr(m)) and repr(m).endswith("(1 run)>") and "FrozenTrial" not in repr(m)
 
 
 def test_compare_defaults_to_the_confirmed_mainline(lab: Lab) -> None:
@@ -427,9 +428,9 @@ def test_compare_defaults_to_the_confirmed_mainline(lab: Lab) -> None:
         assert next(r for r in default["studies"] if r["study"] == name)["final"] == pytest.approx(main)
         top = max(t.value for t in screening(st).values() if t.value is not None)
         assert next(r for r in best["studies"] if r["study"] == name)["final"] == pytest.approx(top)
-    # the SPRT study's best single run was never confirmed: the two views differ there
+    # somewhere a best single run was never confirmed, so the two views differ
     finals = {r["study"]: r["final"] for r in default["studies"]}
-    assert finals["sprt"] < next(r["final"] for r in best["studies"] if r["study"] == "sprt")
+    assert any(finals[r["study"]] != r["final"] for r in best["studies"]), (finals, best["studies"])
     text = lab.evo("compare", "sprt", "pop-s*", "--storage", lab.url)
     assert "final mainline (promoted) value" in text.splitlines()[0]
 
