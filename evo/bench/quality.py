@@ -504,3 +504,34 @@ def plot(res: dict[str, Any], out: Path) -> list[str]:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return [str(path)]
+
+
+def merge(out: Path, dirs: list[Path]) -> dict[str, Any]:
+    """Pool the quality searches of several `evo bench --only quality --out DIR` runs (e.g. one per family,
+    run one after another) into one result: cells, Holm over every test of the pool, crossover counts, PNG.
+    The same seeds give the same searches, so the pool equals one run of the union of their sizes."""
+    import json
+
+    searches: list[dict[str, Any]] = []
+    params: dict[str, Any] = {}
+    for d in dirs:
+        q = json.loads((Path(d) / "bench.json").read_text())["quality"]
+        searches += q["searches"]
+        params = params or dict(q["params"])
+    params["budgets"] = sorted({int(b) for r in searches for b in r["at"]})
+    params["workers"] = sorted({r["workers"] for r in searches})
+    res: dict[str, Any] = {"params": params, "searches": searches, "merged_from": [str(d) for d in dirs]}
+    res["cells"] = cells(res)
+    res["crossover"] = crossover_stats(searches)
+    out.mkdir(parents=True, exist_ok=True)
+    plot(res, out)
+    (out / "quality-merged.json").write_text(json.dumps({k: v for k, v in res.items() if k != "searches"}, indent=1, default=str))
+    return res
+
+
+if __name__ == "__main__":  # python -m evo.bench.quality OUT DIR [DIR ...]
+    import sys
+
+    merged = merge(Path(sys.argv[1]), [Path(a) for a in sys.argv[2:]])
+    for row in table(merged):
+        print(" | ".join(row))
