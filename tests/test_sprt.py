@@ -1,6 +1,6 @@
 """Tests of evo.sprt: error rates by simulation on correlated curves, sample sizes, edge cases.
 
-Synthetic curves follow the replicate model of DESIGN.md section 2: a seed offset that
+Synthetic curves follow the replicate model of docs/statistics.md: a seed offset that
 persists through the run plus an AR(1) residual. Every RNG is seeded. Monte Carlo
 tolerances are 3 binomial standard errors plus a small slack (stated where used).
 """
@@ -363,7 +363,7 @@ def test_paired_sprt_expected_sample_size_matches_wald(ratio: float) -> None:
         corrected = wald_expected_sample_size(ratio, 1.0, 0.05, 0.05, gain, overshoot=True)
         assert wald * 0.97 <= mean_n <= corrected * 1.1
         assert abs(mean_n / corrected - 1) < 0.1
-    # Wald's figures as in DESIGN.md: 5.30 sigma^2/delta^2 at both hypotheses, about half of
+    # Wald's figures: 5.30 sigma^2/delta^2 at both hypotheses, about half of
     # the fixed-size test's 10.8.
     assert wald_expected_sample_size(1, 1, 0.05, 0.05, 0.0) == pytest.approx(5.2999, abs=1e-3)
     assert wald_expected_sample_size(1, 1, 0.05, 0.05, 1.0) == pytest.approx(5.2999, abs=1e-3)

@@ -30,11 +30,12 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from evo import lineage
 from evo.archive import mask_url, open_storage
 from evo.errors import EvoError, GitError
+from evo.individual import Direction
 
 SCREENING_ROLES = ("baseline", "candidate")  # the run every individual gets first (one seed)
-TRAILER = re.compile(r"^Evo-([A-Za-z-]+): (.*)$", re.MULTILINE)
 NO_STUDIES_HINT = "run 'evo search' first, or pass --storage URL / set EVO_STORAGE"
 
 
@@ -329,6 +330,11 @@ class EvoStudy(optuna.Study):
         return self.direction.name.lower()
 
     @property
+    def sense(self) -> Direction:
+        """The study's direction as evo's one sign convention (evo.individual.Direction)."""
+        return Direction(self.direction_name)
+
+    @property
     def strategy(self) -> str:
         return str(self.attrs.get("strategy", ""))
 
@@ -342,19 +348,17 @@ class EvoStudy(optuna.Study):
         return ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else ref
 
     def better(self, a: float, b: float) -> bool:
-        return a < b if self.direction_name == "minimize" else a > b
+        return self.sense.better(a, b)
 
     def gain(self, new: float | None, old: float | None) -> float | None:
         """The improvement from old to new: positive is better, whatever the direction."""
         if new is None or old is None:
             return None
-        return old - new if self.direction_name == "minimize" else new - old
+        return self.sense.gain(old, new)
 
     def pick_best(self, values: list[float]) -> float | None:
         values = [v for v in values if v is not None and math.isfinite(v)]
-        if not values:
-            return None
-        return min(values) if self.direction_name == "minimize" else max(values)
+        return self.sense.best(values) if values else None
 
     def trial(self, number: int) -> FrozenTrial:
         ts = self.evo_trials
@@ -430,8 +434,7 @@ class EvoStudy(optuna.Study):
                 if t.state == TrialState.COMPLETE and t.user_attrs.get("outcome") == "complete" and t.value is not None]
         if not done:
             return None
-        key = (lambda t: t.value) if self.direction_name == "minimize" else (lambda t: -t.value)  # type: ignore[operator]
-        return min(done, key=key)  # the earliest among equals (min is stable)
+        return min(done, key=lambda t: self.sense.sort_key(t.value))  # type: ignore[arg-type]  # the earliest among equals
 
     # -- the mainline ----------------------------------------------------------------------------------
     def _git_chain(self) -> list[dict[str, Any]] | None:
@@ -454,12 +457,24 @@ class EvoStudy(optuna.Study):
             if "\x00" not in entry:
                 continue
             sha, ctime, msg = entry.strip().split("\x00", 2)
-            tr = dict(TRAILER.findall(msg))
+            tr = lineage.parse(msg)
             if "Index" not in tr:
                 continue
             chain.append({"commit": sha, "ctime": float(ctime), "trailers": tr, "subject": msg.strip().splitlines()[0] if msg.strip() else ""})
         chain.reverse()
         return chain
+
+    def fresh_gain(self) -> tuple[float | None, list[float] | None]:
+        """The mainline's gain over the baseline measured on seeds that selected none of its steps:
+        the sum of each promotion's gain on its fresh confirmation seeds, with a 95% interval (the
+        steps' intervals combined as independent). None when a step has no such measurement (a
+        promotion by hand, a single-run rule, an older study)."""
+        promos = [p for p in self.attrs.get("promotions", []) or [] if isinstance(p, dict)]
+        if not promos or any(p.get("gain") is None or not p.get("gain_ci") for p in promos):
+            return None, None
+        total = sum(float(p["gain"]) for p in promos)
+        half = math.sqrt(sum(((float(p["gain_ci"][1]) - float(p["gain_ci"][0])) / 2) ** 2 for p in promos))
+        return total, [total - half, total + half]
 
     def mainline(self) -> list[dict[str, Any]]:
         """The baseline (step 0) and every promotion, oldest first.
@@ -612,6 +627,7 @@ class EvoStudy(optuna.Study):
             if last["value"] is not None and base["value"] else None,
             "promotions": len(rows) - 1,
         }
+        mainline["fresh_gain"], mainline["fresh_ci"] = self.fresh_gain()
         best_run = None
         t = self.best_run()
         if t is not None:

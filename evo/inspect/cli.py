@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evo.errors import EvoError
+from evo.individual import Direction
 
 STORAGE_HELP = "Optuna storage URL or SQLite file (default: $EVO_STORAGE, else $EVO_RESULTS/evo.db, else ./results/evo.db)"
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
@@ -183,7 +184,7 @@ def study_rows(url: str) -> list[dict[str, Any]]:
         direction = fs.direction.name.lower() if len(fs.directions) == 1 else "multi"
         done = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None
                 and t.user_attrs.get("role", "candidate") in ("baseline", "candidate")]
-        best = (min(done) if direction == "minimize" else max(done)) if done and direction != "multi" else None
+        best = Direction(direction).best(done) if done and direction != "multi" else None
         promotions = [p for p in a.get("promotions", []) or [] if isinstance(p, dict)]
         base = next((t for t in sorted(trials, key=lambda t: t.number)
                      if t.user_attrs.get("index") == 0 and t.user_attrs.get("role") == "baseline"), None)
@@ -264,8 +265,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
     if args.sort == "recent":
         ts.reverse()
     elif args.sort == "value":
-        sign = 1 if s.direction_name == "minimize" else -1
-        ts.sort(key=lambda t: (t.value is None, sign * t.value if t.value is not None else 0.0, t.number))
+        ts.sort(key=lambda t: (t.value is None, s.sense.sort_key(t.value) if t.value is not None else 0.0, t.number))
     elif args.sort == "seconds":
         ts.sort(key=lambda t: -float(t.user_attrs.get("run_seconds", 0.0) or 0.0))
     matched = len(ts)
@@ -318,7 +318,11 @@ def cmd_best(args: argparse.Namespace) -> int:
     rows = []
     if m["index"] != 0:
         rows.append(("gain", f"{T.signed(m['gain'])} ({T.pct(m['gain_pct'])}) over the baseline {T.fmt(m['baseline'])}, "
-                             f"in {m['promotions']} promotion(s)"))
+                             f"in {m['promotions']} promotion(s), on the screening runs that selected them (optimistic)"))
+        if m.get("fresh_gain") is not None:
+            lo, hi = m["fresh_ci"]
+            rows.append(("fresh gain", f"{T.signed(m['fresh_gain'])} (95% interval {T.fmt(lo, 4)} to {T.fmt(hi, 4)}) on fresh seeds "
+                                        "that selected no step: the figure to trust"))
         d = m["trailer_decision"] or m["decision"]
         rows.append(("decision", d))
         if m["pairs"] is not None or m["llr"] is not None:
