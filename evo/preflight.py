@@ -14,10 +14,9 @@ from pathlib import Path
 
 from evo.config import Config
 from evo.errors import ConfigError, EvoError
-from evo.executors.base import Job, RunTemplate
+from evo.executors.base import Job, RunTemplate, python_command
 from evo.gitrepo import GitRepo, check_ref_name, matches
 from evo.runner import network_isolation_available
-from evo.wiring import python_command
 
 _SHELL_BUILTINS = ("cd", "exec", "env", "export", "source", ".", "exit", "set", "ulimit", "umask", "eval", "test", "[", ":",
                    "command", "trap", "unset")

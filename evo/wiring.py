@@ -6,24 +6,18 @@ search through here, so nothing below the CLI imports the CLI.
 
 from __future__ import annotations
 
-import shlex
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evo.config import Config, default_results, default_storage_url
 from evo.errors import EvoError
+from evo.executors.base import python_command
 
 if TYPE_CHECKING:
     from evo.executors.base import Executor, RunTemplate
     from evo.gitrepo import GitRepo
     from operators.base import ConflictResolver, Mutation
-
-
-def python_command(cmd: str) -> str:
-    """`{python}` in a command means the interpreter evo runs under (the venv's python)."""
-    return cmd.replace("{python}", shlex.quote(sys.executable))
 
 
 def default_storage(arg: str | None = None) -> str:

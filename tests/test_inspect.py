@@ -49,10 +49,11 @@ print(f"score: {score:.6f}")
 
 STUDIES = {  # name -> config sections (the storage and results default to ./results: the closing line works)
     "toy": {"search": {"strategy": "greedy", "generations": 6}, "sprt": {"enabled": False}},
-    "sprt": {"search": {"strategy": "greedy", "generations": 6}, "sprt": {"enabled": True, "replicates": 3, "max_pairs": 4, "delta": 0.5}},
-    "pop-s1": {"study": {"seed": 1}, "search": {"strategy": "population", "population": 3, "generations": 1,
+    "sprt": {"study": {"seed": 3}, "search": {"strategy": "greedy", "generations": 12},
+             "sprt": {"enabled": True, "replicates": 3, "max_pairs": 6, "delta": 0.2}},
+    "pop-s1": {"study": {"seed": 1}, "search": {"strategy": "population", "population": 3, "generations": 3, "exploit": 0.0,
                                                  "crossover_rate": 1.0, "tournament_size": 1}, "sprt": {"enabled": False}},
-    "pop-s2": {"study": {"seed": 2}, "search": {"strategy": "population", "population": 3, "generations": 1,
+    "pop-s2": {"study": {"seed": 3}, "search": {"strategy": "population", "population": 3, "generations": 3, "exploit": 0.3,
                                                  "crossover_rate": 1.0, "tournament_size": 1}, "sprt": {"enabled": False}},
 }
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -314,7 +315,7 @@ def test_show_a_candidate_diff_log_and_sprt(lab: Lab, capsys: pytest.CaptureFixt
     assert "runs " in out  # its confirmation runs on other seeds
     # --index: an individual's screening run; --lines; --no-diff
     out = ok(capsys, "show", "sprt", "0", "--index", "--lines", "3", "--no-diff", "--storage", lab.url)
-    assert "(#0 baseline, seed 0)" in out and "diff --git" not in out
+    assert "(#0 baseline, seed 3)" in out and "diff --git" not in out  # the study seed (3) is the screening seed
     assert len(out.split("--- log ")[1].strip().splitlines()) == 1 + 3
 
 
@@ -404,7 +405,7 @@ def test_compare_groups_by_strategy_with_a_test_and_a_png(lab: Lab, capsys: pyte
     assert "Mann-Whitney U (two-sided): greedy vs population: U = " in out and "p = " in out
     assert f"wrote {png}" in out
     assert_png(png)
-    data = json.loads(ok(capsys, "compare", "toy", "sprt", "pop-*", "-f", "json", "--storage", lab.url))
+    data = json.loads(ok(capsys, "compare", "toy", "sprt", "pop-*", "-f", "json", "--value", "best", "--storage", lab.url))
     groups = {g["group"]: g for g in data["groups"]}
     assert set(groups) == {"greedy", "population"} and groups["greedy"]["n"] == 2
     for g in groups.values():

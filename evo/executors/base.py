@@ -7,6 +7,8 @@ command there with a scrubbed environment, deletes the folder, and hands back a 
 
 from __future__ import annotations
 
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -14,6 +16,11 @@ from typing import Protocol
 from evo.config import TargetConfig
 
 from evo.runner import RunResult
+
+
+def python_command(cmd: str) -> str:
+    """`{python}` in a command means the interpreter evo runs under (the venv's python)."""
+    return cmd.replace("{python}", shlex.quote(sys.executable))
 
 
 @dataclass(frozen=True)
@@ -35,8 +42,6 @@ class RunTemplate:
     @classmethod
     def from_target(cls, t: TargetConfig, cache_dir: str) -> RunTemplate:
         """The one place a target's config becomes run settings."""
-        from evo.wiring import python_command
-
         return cls(command=python_command(t.run), timeout=t.timeout, time_budget=t.time_budget, metric=t.metric,
                    metric_regex=t.metric_regex, progress_regex=t.progress_regex, env_allow=t.env_allow,
                    max_log_bytes=t.max_log_bytes, memory_limit_mb=t.memory_limit_mb, no_network=t.no_network,

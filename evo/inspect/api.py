@@ -30,7 +30,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from evo import lineage
+from evo.lineage import parse as parse_trailers
 from evo.archive import mask_url, open_storage
 from evo.errors import EvoError, GitError
 from evo.individual import Direction
@@ -457,7 +457,7 @@ class EvoStudy(optuna.Study):
             if "\x00" not in entry:
                 continue
             sha, ctime, msg = entry.strip().split("\x00", 2)
-            tr = lineage.parse(msg)
+            tr = parse_trailers(msg)
             if "Index" not in tr:
                 continue
             chain.append({"commit": sha, "ctime": float(ctime), "trailers": tr, "subject": msg.strip().splitlines()[0] if msg.strip() else ""})

@@ -8,9 +8,10 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from evo.inspect.api import TreeNode
+if TYPE_CHECKING:  # tables are plain text; the tree type only names what they print
+    from evo.inspect.api import TreeNode
 
 
 def fmt(v: Any, digits: int = 6) -> str:
