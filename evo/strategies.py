@@ -153,7 +153,10 @@ class Population:
             chosen = sorted(members, key=lambda m: (-m.fitness.values[0], m.ind.index))[: self.mu]
         kept = {m.ind.index for m in chosen}
         fame = {i.index for i in hall_of_fame({m.ind.index: m.ind for m in members}, self.direction, self.cfg.elites)} if self.cfg.elites else set()
-        return chosen + [m for m in members if m.ind.index in fame - kept]
+        elites = [m for m in members if m.ind.index in fame - kept]
+        for m in elites:  # NSGA-II's tournament reads a crowding distance; an elite it did not keep has none:
+            m.fitness.crowding_dist = float("inf")  # type: ignore[attr-defined]  # it is extreme on the primary, as a boundary point
+        return chosen + elites
 
     def plan(self, index: int, pop: dict[int, Individual], incumbent: Individual, rng: random.Random) -> Plan | None:
         gen = self.generation_of(index)

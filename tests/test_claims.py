@@ -316,10 +316,6 @@ def _parents(strat: Population, pool: list[Individual]) -> set[int]:
     return parents
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "bug in evo/strategies.py Population.plan: an elite that NSGA-II did not keep (#1 here) is added to the "
-    "pool without a crowding distance, and tools.selTournamentDCD raises AttributeError 'crowding_dist'; "
-    "a real search with secondary_metric and the default elites = 2 can crash this way"))
 def test_a_dominated_elite_breeds_under_nsga2() -> None:
     strat = Population(SearchConfig(strategy="population", population=2, generations=3, elites=2, secondary_metric="cost"),
                        "maximize", "minimize")
