@@ -45,7 +45,7 @@ def toy(noise: float = 0.0, progress: bool = True, log: str = ""):
 
 
 def make_cfg(tmp_path: Path, repo: Path, **sections: dict[str, object]) -> Config:
-    sections.setdefault("study", {})["storage"] = f"memory://test-engine-{next(_names)}"
+    sections.setdefault("study", {}).setdefault("storage", f"memory://test-engine-{next(_names)}")
     path = write_config(tmp_path / f"evo{next(_names)}.toml", repo, tmp_path / "evo.db", **sections)
     return config_mod.load(path)
 
@@ -266,3 +266,24 @@ def test_credentials_never_reach_the_archive(make_repo, tmp_path: Path) -> None:
     search(cfg, toy())
     stored = repr(Study(cfg, *build_operators(cfg)).archive.attrs)
     assert "s3cret-pw" not in stored and "hunter2" not in stored and "alice:***@llm.example" in stored
+
+
+def test_compare_reads_every_study_at_equal_compute(make_repo, tmp_path: Path) -> None:
+    from evo.inspect.api import load_study
+    from evo.inspect.compare import compare
+
+    repo = make_repo()
+    storage = f"memory://test-engine-compare-{next(_names)}"
+    for name, strategy, runs in (("pop", "population", 30), ("greedy", "greedy", 18)):
+        cfg = make_cfg(tmp_path, repo, study={"name": name, "storage": storage},
+                       search={"strategy": strategy, "population": 4, "generations": 50, "max_runs": runs}, sprt={"enabled": False})
+        search(cfg, toy())
+    studies = [load_study(n, storage) for n in ("pop", "greedy")]
+    res = compare(studies)
+    assert res["budget"] == "runs" and res["compared_at"] == 18
+    assert all(r["at_runs"] == 18 for r in res["studies"]) and any("each is read at 18 runs" in n for n in res["notes"])
+    hours = compare(studies, budget="run-hours")
+    assert hours["compared_at"] == 18.0 and all(r["at_run_seconds"] <= 18.0 for r in hours["studies"])
+    end = compare(studies, budget="end")
+    assert any(n.startswith("WARNING: the studies spent 18..30 runs") for n in end["notes"])
+    assert {r["at_runs"] for r in end["studies"]} == {18, 30}

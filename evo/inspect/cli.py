@@ -109,6 +109,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--value", choices=("mainline", "best"), default="mainline",
                    help="compare the promoted (confirmed) mainline value (default) or, with 'best', the best single "
                         "screening run (unconfirmed: may be a lucky seed)")
+    p.add_argument("--budget", choices=("runs", "run-hours", "end"), default="runs",
+                   help="read every study at the same compute: the smallest study's runs (default; replicates and "
+                        "confirmations included), its run-hours, or 'end' (where each ended: warned when >10%% apart)")
     p.add_argument("-o", "--output", metavar="PATH", help="also write a PNG here (default: no PNG)")
     _format(p, ("table", "json"))
     _storage(p)
@@ -707,7 +710,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise missing_study(pat, url, names)
         chosen.extend(h for h in hits if h not in chosen)
     studies = [load_study(n, st) for n in chosen]
-    res = compare(studies, group=args.group, by=args.by, value=args.value)
+    res = compare(studies, group=args.group, by=args.by, value=args.value, budget=args.budget)
     if args.output:
         from evo.inspect.plots import plot_compare
 
@@ -718,11 +721,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _out(T.to_json(payload))
         return 0
     what = "best screening value" if args.value == "best" else "mainline (promoted) value"
-    _out(f"{len(studies)} studies, {res['direction']} {res['metric']}, final {what}, grouped {res['grouping']}")
-    _out(T.table(["study", "group", "strategy", "runs", "compute", "baseline", "best run", "mainline", "promotions"],
+    at = {"runs": f"at {T.fmt(res['compared_at'])} runs each (the smallest study's)",
+          "run-hours": f"at {T.seconds(res['compared_at'])} of run time each (the smallest study's)",
+          "end": "where each study ended"}[args.budget]
+    _out(f"{len(studies)} studies, {res['direction']} {res['metric']}, {what} {at}, grouped {res['grouping']}")
+    _out(T.table(["study", "group", "strategy", "runs", "compute", "baseline", "best run", "mainline", "promotions", "compared"],
                  [[r["study"], r["group"], r["strategy"] or "-", r["runs"], T.seconds(r["seconds"]), T.fmt(r["baseline"]),
-                   T.fmt(r["best"]), T.fmt(r["mainline"]), r["promotions"]] for r in res["studies"]],
-                 [False, False, False, True, True, True, True, True, True]))
+                   T.fmt(r["best"]), T.fmt(r["mainline"]), r["promotions"], T.fmt(r["final"])] for r in res["studies"]],
+                 [False, False, False, True, True, True, True, True, True, True]))
     _out("")
     conf = int(res["confidence"] * 100)
     _out(T.table(["group", "n", "mean", f"{conf}% CI (t)", "sd", "median", "best"],

@@ -47,10 +47,24 @@ def t_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[flo
     return mean - half, mean + half
 
 
-def compare(studies: list[EvoStudy], group: str | None = None, by: str = "strategy", value: str = "mainline") -> dict[str, Any]:
+def at_budget(hist: list[dict[str, Any]], key: str, limit: float) -> dict[str, Any]:
+    """The last history row within `limit` of `key` (evaluation = runs, seconds = run seconds)."""
+    row: dict[str, Any] = {}
+    for r in hist:
+        if r[key] > limit + 1e-9:
+            break
+        row = r
+    return row
+
+
+def compare(studies: list[EvoStudy], group: str | None = None, by: str = "strategy", value: str = "mainline",
+            budget: str = "runs") -> dict[str, Any]:
     """Rows per study, stats per group, pairwise tests, and each study's curve.
 
     value: "best" = the best screening value so far; "mainline" = the promoted (confirmed) value.
+    budget: the compute at which studies are compared, read from the archive: "runs" (the
+    smallest study's number of runs, replicates and confirmations included), "run-hours" (its
+    summed run time), or "end" (wherever each study ended: only fair when they spent the same).
     """
     if not studies:
         raise EvoError("no studies to compare")
@@ -63,21 +77,32 @@ def compare(studies: list[EvoStudy], group: str | None = None, by: str = "strate
     if len(metrics) > 1:
         notes.append(f"the studies report different metrics ({', '.join(metrics)}): the values may not be comparable")
     rows, curves = [], {}
+    hists = {s.study_name: s.history() for s in studies}
+    total_runs = {n: (h[-1]["evaluation"] if h else 0) for n, h in hists.items()}
+    total_secs = {n: (h[-1]["seconds"] if h else 0.0) for n, h in hists.items()}
+    point = {"runs": ("evaluation", min(total_runs.values())), "run-hours": ("seconds", min(total_secs.values())),
+             "end": ("evaluation", math.inf)}[budget]
+    spent = total_runs if budget != "run-hours" else total_secs
+    lo_spent, hi_spent = min(spent.values()), max(spent.values())
+    if budget == "end" and lo_spent > 0 and hi_spent > 1.1 * lo_spent:
+        notes.append(f"WARNING: the studies spent {lo_spent:g}..{hi_spent:g} runs (more than 10% apart): compared where each ended, "
+                     "which favours the longer ones; the default compares at equal runs")
+    elif budget != "end" and lo_spent > 0 and hi_spent > 1.1 * lo_spent:
+        unit = "runs" if budget == "runs" else "run-seconds"
+        notes.append(f"the studies spent {lo_spent:g}..{hi_spent:g} {unit}: each is read at {point[1]:g} {unit} (the smallest)")
     for s in studies:
-        hist = s.history()
+        hist = hists[s.study_name]
         curves[s.study_name] = hist
-        last = hist[-1] if hist else {}
+        last = at_budget(hist, *point) if hist else {}
         main = s.mainline()
         rows.append({
             "study": s.study_name, "group": group_of(s, group, by), "strategy": s.strategy, "metric": s.metric,
             "runs": len(hist), "candidates": sum(1 for m in s.members() if m > 0), "seconds": last.get("seconds", 0.0),
             "baseline": main[0]["value"], "best": last.get("best"), "mainline": main[-1]["value"],
-            "promotions": len(main) - 1, "final": last.get(value),
+            "promotions": len(main) - 1, "final": last.get(value), "at_runs": last.get("evaluation"),
+            "at_run_seconds": last.get("seconds"),
         })
         notes.extend(f"{s.study_name}: {n}" for n in dict.fromkeys(s.notes))
-    runs = {r["runs"] for r in rows}
-    if len(runs) > 1:
-        notes.append(f"the studies ran different numbers of runs ({min(runs)}..{max(runs)}): compare the curves at equal budgets")
     groups: dict[str, list[float]] = {}
     for r in rows:
         groups.setdefault(r["group"], [])
@@ -104,5 +129,6 @@ def compare(studies: list[EvoStudy], group: str | None = None, by: str = "strate
     if len(gstats) > 1 and not tests:
         notes.append("no test between groups: each needs at least 2 studies (e.g. repeated seeds)")
     return {"metric": ref.metric, "direction": ref.direction_name, "value": value, "confidence": CONFIDENCE,
+            "budget": budget, "compared_at": None if budget == "end" else point[1],
             "grouping": f"regex {group}" if group else f"by {by}", "studies": rows, "groups": gstats, "tests": tests,
             "curves": curves, "notes": notes}
