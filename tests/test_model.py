@@ -163,3 +163,26 @@ def test_prepare_cli_tinyshakespeare_from_mirror_with_wrong_checksum(tmp_path):
                    tmp_path / "cache")
     assert r.returncode == 1
     assert "checksum mismatch" in r.stderr
+
+
+def test_the_main_job_end_to_end_with_a_tiny_budget(tmp_path):
+    """README's first command on the shipped configs/default.toml (the real model/, setup included),
+    cut to six runs: in a copy of model/ so this repository gets no refs."""
+    repo = tmp_path / "repo"
+    shutil.copytree(MODEL, repo / "model", ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", "-b", "master", str(repo)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "model"], check=True)
+    config = (MODEL.parent / "configs" / "default.toml").read_text()
+    config = config.replace('repo = ".."', f'repo = "{repo}"').replace("time_budget = 4 ", "time_budget = 1 ")
+    cfg = tmp_path / "default.toml"
+    cfg.write_text(config)
+    env = {**os.environ, "PYTHONPATH": str(MODEL.parent), "EVO_RESULTS": str(tmp_path / "results"), "EVO_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "evo", "search", "--config", str(cfg), "--population", "8", "--generations", "40",
+                        "--max-runs", "6"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "study default: population, 327 children planned, budget max_runs 6" in r.stdout
+    assert re.search(r"^noise model: sigma [\d.e-]+ over 3 seeds; delta [\d.e-]+; futility over \d+ checkpoints", r.stdout, re.M), r.stdout
+    assert re.search(r"^done: .* 6 runs, .*; stopped by max_runs = 6$", r.stdout, re.M), r.stdout
+    assert len(re.findall(r"val_bpb \d\.\d+", r.stdout)) >= 4  # the baseline's three seeds and at least one child
