@@ -405,7 +405,7 @@ def test_compare_groups_by_strategy_with_a_test_and_a_png(lab: Lab, capsys: pyte
     assert "Mann-Whitney U (two-sided): greedy vs population: U = " in out and "p = " in out
     assert f"wrote {png}" in out
     assert_png(png)
-    data = json.loads(ok(capsys, "compare", "toy", "sprt", "pop-*", "-f", "json", "--value", "best", "--storage", lab.url))
+    data = json.loads(ok(capsys, "compare", "toy", "sprt", "pop-*", "-f", "json", "--value", "best", "--budget", "end", "--storage", lab.url))
     groups = {g["group"]: g for g in data["groups"]}
     assert set(groups) == {"greedy", "population"} and groups["greedy"]["n"] == 2
     for g in groups.values():

@@ -42,7 +42,7 @@ def test_population_search_with_llm_mutations_and_llm_merges(make_repo, tmp_path
     with FakeLLMServer(responder=model) as server:
         cfg = write_config(
             tmp_path / "evo.toml", repo, tmp_path / "evo.db",
-            search={"strategy": "population", "population": 3, "generations": 3, "crossover_rate": 0.7, "tournament_size": 1},
+            search={"strategy": "population", "population": 4, "generations": 6, "crossover_rate": 0.7, "tournament_size": 1, "exploit": 0.0},
             operators={"mutation": "llm", "conflict": "llm"},
             llm={"base_url": server.base_url, "model": "fake", "api_key_env": "EVO_TEST_KEY", "timeout": 10, "deadline": 60},
         )

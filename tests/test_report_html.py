@@ -418,8 +418,8 @@ def test_lineage_and_members_print_readably(lab: Lab) -> None:
 
 
 def test_compare_defaults_to_the_confirmed_mainline(lab: Lab) -> None:
-    default = json.loads(lab.evo("compare", "sprt", "pop-s*", "-f", "json", "--storage", lab.url))
-    best = json.loads(lab.evo("compare", "sprt", "pop-s*", "-f", "json", "--value", "best", "--storage", lab.url))
+    default = json.loads(lab.evo("compare", "sprt", "pop-s*", "-f", "json", "--budget", "end", "--storage", lab.url))
+    best = json.loads(lab.evo("compare", "sprt", "pop-s*", "-f", "json", "--value", "best", "--budget", "end", "--storage", lab.url))
     assert default["value"] == "mainline" and best["value"] == "best"
     for name in ("sprt", "pop-s1", "pop-s2"):
         st = lab.study(name)
@@ -432,7 +432,7 @@ def test_compare_defaults_to_the_confirmed_mainline(lab: Lab) -> None:
     finals = {r["study"]: r["final"] for r in default["studies"]}
     assert any(finals[r["study"]] != r["final"] for r in best["studies"]), (finals, best["studies"])
     text = lab.evo("compare", "sprt", "pop-s*", "--storage", lab.url)
-    assert "final mainline (promoted) value" in text.splitlines()[0]
+    assert "mainline (promoted) value at " in text.splitlines()[0] and "runs each" in text.splitlines()[0]
 
 
 def test_dashboard_hint_names_the_extra(lab: Lab, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
