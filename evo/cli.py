@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from evo import config as config_mod
-from evo.config import Config
 from evo.errors import EvoError
 from evo.wiring import absolute_storage, build_executor, build_operators, default_storage
 

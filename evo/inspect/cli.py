@@ -683,33 +683,18 @@ def cmd_mainline(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import re
 
-    from evo.archive import mask_url
     from evo.inspect import tables as T
-    from evo.inspect.api import load_study, missing_study, open_existing, resolve_storage
+    from evo.inspect.api import load_study, open_existing, resolve_storage
     from evo.inspect.compare import compare
 
     url = resolve_storage(args.storage)
     st = open_existing(url)
-    names = sorted(s.study_name for s in st.get_all_studies())
-    if not names:
-        raise missing_study("", url, names)
     if args.group:
         try:
             re.compile(args.group)
         except re.error as e:
             raise EvoError(f"--group {args.group!r}: not a regular expression: {e}") from None
-    chosen: list[str] = []
-    for pat in args.studies or ["*"]:
-        if any(c in pat for c in "*?["):
-            hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
-            if not hits:
-                raise EvoError(f"no study matches {pat!r} in {mask_url(url)} (studies there: {', '.join(names[:20])})")
-        elif pat in names:
-            hits = [pat]
-        else:
-            raise missing_study(pat, url, names)
-        chosen.extend(h for h in hits if h not in chosen)
-    studies = [load_study(n, st) for n in chosen]
+    studies = [load_study(n, st) for n in _pick_studies(st, url, args.studies or ["*"])]
     res = compare(studies, group=args.group, by=args.by, value=args.value, budget=args.budget)
     if args.output:
         from evo.inspect.plots import plot_compare
