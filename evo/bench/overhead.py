@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from evo import lineage
 from evo.bench.common import Scratch, Timer, describe, fmt, git, make_config, make_repo, run_search, study_attrs, study_trials
 from evo.bench.probe import Probe
 
@@ -219,8 +220,7 @@ def grow(cfg: Any, repo: Path, n: int, seed: int) -> None:
     for i in range(n):
         idx = start + i
         content = text.replace("X = 1.0", f"X = {1.0 + (i + 1) * 1e-5:.6f}").encode()
-        msg = (f"X 1.0 -> {1.0 + (i + 1) * 1e-5:.6f}\n\nEvo-Study: {name}\nEvo-Index: {idx}\nEvo-Operator: constants\n"
-               f"Evo-Generation: {idx}\nEvo-Parents: 0\n").encode()
+        msg = lineage.child_message(f"X 1.0 -> {1.0 + (i + 1) * 1e-5:.6f}", name, idx, "constants", idx, (0,)).encode()
         stream += [b"commit refs/bench/synth\n", f"mark :{i + 1}\n".encode(), b"committer evo <evo@localhost> 1700000000 +0000\n",
                    f"data {len(msg)}\n".encode(), msg, f"from {base}\n".encode(), b"M 100644 inline target.py\n",
                    f"data {len(content)}\n".encode(), content, b"\n"]
