@@ -10,7 +10,7 @@ import shlex
 import shutil
 import tempfile
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from evo.config import Config
 from evo.errors import ConfigError, EvoError
@@ -38,9 +38,53 @@ def check(cfg: Config, repo: GitRepo) -> None:
         raise ConfigError(f"{src}: [target] mutable = {list(t.mutable)}: matches no file in {repo.path} at {head[:8]}")
     for path in paths:  # operators edit text: a binary file would fail after the baseline ran
         try:
-            repo.read(head, path).decode("utf-8")
+            text = repo.read(head, path).decode("utf-8")
         except UnicodeDecodeError:
             raise ConfigError(f"{src}: [target] mutable = {list(t.mutable)}: {path} is not UTF-8 text (mutable files are edited as text)") from None
+        if text.startswith(_LFS_POINTER):
+            raise ConfigError(f"{src}: [target] mutable = {list(t.mutable)}: {path} is a Git LFS pointer, not the file's content "
+                              "(evo edits and exports what git stores: mutable files cannot be in LFS)")
+    for path, target in _links(repo, head):  # an export refuses these: every run would crash
+        if target.startswith("/") or _escapes(path, target):
+            raise ConfigError(f"{src}: [target] repo = {repo.path}: the symlink {path} -> {target} points outside the repository; "
+                              "runs get an export of the commit, where it would dangle (commit the file itself, or point inside)")
+
+
+def warnings(repo: GitRepo) -> list[str]:
+    """What about the repository a user should know before a study starts from its HEAD."""
+    out = []
+    dirty = repo.out("status", "--porcelain", "--untracked-files=no")
+    if dirty:
+        out.append(f"the working tree has uncommitted changes ({len(dirty.splitlines())} file(s)): the study starts from the commit "
+                   f"{repo.head()[:8]} without them")
+    for line in repo.out("ls-tree", "-r", repo.head()).splitlines():
+        meta, path = line.split("\t", 1)
+        if meta.startswith("160000"):
+            out.append(f"{path} is a submodule: runs get an export of this repository without its files")
+    return out
+
+
+_LFS_POINTER = "version https://git-lfs.github.com/spec/v1"
+
+
+def _links(repo: GitRepo, commit: str) -> list[tuple[str, str]]:
+    """(path, target) of every symlink in the commit."""
+    found = []
+    for line in repo.out("ls-tree", "-r", commit).splitlines():
+        meta, path = line.split("\t", 1)
+        if meta.startswith("120000"):
+            found.append((path, repo.read(commit, path).decode("utf-8", "replace")))
+    return found
+
+
+def _escapes(path: str, target: str) -> bool:
+    """Whether `target`, relative to the link's folder, leaves the repository."""
+    depth = 0
+    for part in [*PurePosixPath(path).parent.parts, *PurePosixPath(target).parts]:
+        depth += -1 if part == ".." else 0 if part in (".", "") else 1
+        if depth < 0:
+            return True
+    return False
 
 
 def check_command(cfg: Config, cmd: str, key: str) -> None:

@@ -40,6 +40,8 @@ class Study:
         self.cfg, self.log, self.name = cfg, log, cfg.study.name
         self.repo = GitRepo(cfg.target.repo)
         preflight.check(cfg, self.repo)  # before the archive exists: a refused config leaves nothing behind
+        for warning in preflight.warnings(self.repo):
+            log(f"warning: {warning}")
         self.direction = Direction(cfg.target.direction)
         self.ns = f"refs/heads/evo/{self.name}"
         self.results = Path(cfg.study.results)

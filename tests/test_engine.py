@@ -287,3 +287,36 @@ def test_compare_reads_every_study_at_equal_compute(make_repo, tmp_path: Path) -
     end = compare(studies, budget="end")
     assert any(n.startswith("WARNING: the studies spent 18..30 runs") for n in end["notes"])
     assert {r["at_runs"] for r in end["studies"]} == {18, 30}
+
+
+def test_repository_states_that_would_break_runs_are_refused_or_warned(make_repo, tmp_path: Path) -> None:
+    import os
+
+    from evo.errors import ConfigError
+
+    repo = make_repo()
+    os.symlink("/etc/hostname", repo / "host")  # an absolute link: the export refuses it, so every run would crash
+    git(repo, "add", "host")
+    git(repo, "commit", "-qm", "link")
+    cfg = make_cfg(tmp_path, repo, search={"strategy": "greedy", "generations": 1}, sprt={"enabled": False})
+    with pytest.raises(ConfigError, match=r"the symlink host -> /etc/hostname points outside the repository"):
+        search(cfg, toy())
+    git(repo, "rm", "-q", "host")
+    os.symlink("../../outside", repo / "up")
+    git(repo, "add", "up")
+    git(repo, "commit", "-qm", "up")
+    with pytest.raises(ConfigError, match=r"the symlink up -> \.\./\.\./outside"):
+        search(cfg, toy())
+    git(repo, "rm", "-q", "up")
+    os.symlink("target.py", repo / "alias.py")  # inside: fine
+    (repo / "README.md").write_text("edited, not committed\n")
+    git(repo, "add", "alias.py")
+    git(repo, "commit", "-qm", "alias")
+    (repo / "README.md").write_text("edited again\n")
+    lines: list[str] = []
+    search(cfg, toy(), out=lines.append)
+    assert any(ln.startswith("warning: the working tree has uncommitted changes (1 file(s))") for ln in lines), lines
+    lfs = make_repo(name="lfs", files={"big.py": "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n"})
+    cfg = make_cfg(tmp_path, lfs, target={"mutable": ["big.py"]}, search={"strategy": "greedy", "generations": 1}, sprt={"enabled": False})
+    with pytest.raises(ConfigError, match="big.py is a Git LFS pointer"):
+        search(cfg, toy())
