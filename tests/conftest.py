@@ -33,6 +33,29 @@ print(f"score: {score + noise:.6f}")
 '''
 
 
+# Constants far apart (so crossovers merge cleanly), ten progress points (so the futility test
+# has its checkpoints), a seed-dependent offset (so replicates differ).
+INSPECT_TARGET = '''\
+import os
+import random
+LR = 0.1
+#
+#
+#
+MOMENTUM = 0.5
+#
+#
+#
+WIDTH = 8
+seed = int(os.environ.get("EVO_SEED", "0"))
+rng = random.Random(seed)
+score = 10 - (LR - 0.3) ** 2 * 20 - (MOMENTUM - 0.9) ** 2 * 5 - abs(WIDTH - 16) * 0.05 + rng.gauss(0, 0.05)
+for i in range(1, 11):
+    print(f"progress: {i / 10:.2f} score: {score * (0.5 + i / 20) + rng.gauss(0, 0.02):.4f}")
+print(f"score: {score:.6f}")
+'''
+
+
 def git(repo: Path, *args: str) -> str:
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout.strip()

@@ -23,29 +23,9 @@ import optuna
 import pytest
 
 import evo
+from conftest import INSPECT_TARGET
 from evo import cli
 
-# Constants far apart (so crossovers merge cleanly), ten progress points (so the futility test
-# has its checkpoints), a seed-dependent offset (so replicates differ).
-TARGET = '''\
-import os
-import random
-LR = 0.1
-#
-#
-#
-MOMENTUM = 0.5
-#
-#
-#
-WIDTH = 8
-seed = int(os.environ.get("EVO_SEED", "0"))
-rng = random.Random(seed)
-score = 10 - (LR - 0.3) ** 2 * 20 - (MOMENTUM - 0.9) ** 2 * 5 - abs(WIDTH - 16) * 0.05 + rng.gauss(0, 0.05)
-for i in range(1, 11):
-    print(f"progress: {i / 10:.2f} score: {score * (0.5 + i / 20) + rng.gauss(0, 0.02):.4f}")
-print(f"score: {score:.6f}")
-'''
 
 STUDIES = {  # name -> config sections (the storage and results default to ./results: the closing line works)
     "toy": {"search": {"strategy": "greedy", "generations": 6}, "sprt": {"enabled": False}},
@@ -120,7 +100,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     lab = Lab(root)
     lab.repo.mkdir()
     git(lab.repo, "init", "-q", "-b", "master")
-    (lab.repo / "target.py").write_text(TARGET)
+    (lab.repo / "target.py").write_text(INSPECT_TARGET)
     (lab.repo / "README.md").write_text("protected\n")
     git(lab.repo, "add", "-A")
     git(lab.repo, "commit", "-qm", "init")

@@ -25,30 +25,12 @@ from typing import Any
 import optuna
 import pytest
 
+from conftest import INSPECT_TARGET
 from evo import cli
 from evo.inspect.html import batch_diffs
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TARGET = '''\
-import os
-import random
-LR = 0.1
-#
-#
-#
-MOMENTUM = 0.5
-#
-#
-#
-WIDTH = 8
-seed = int(os.environ.get("EVO_SEED", "0"))
-rng = random.Random(seed)
-score = 10 - (LR - 0.3) ** 2 * 20 - (MOMENTUM - 0.9) ** 2 * 5 - abs(WIDTH - 16) * 0.05 + rng.gauss(0, 0.05)
-for i in range(1, 11):
-    print(f"progress: {i / 10:.2f} score: {score * (0.5 + i / 20) + rng.gauss(0, 0.02):.4f}")
-print(f"score: {score:.6f}")
-'''
 POP = {"search": {"strategy": "population", "population": 3, "generations": 3, "crossover_rate": 1.0, "tournament_size": 1,
                   "exploit": 0.0}, "sprt": {"enabled": False}}  # exploit 0: parents drawn by rank, so lines diverge and cross
 STUDIES = {  # seeded: each makes what its tests need (promotions, crossovers); the tests read which from the archive
@@ -103,7 +85,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     lab = Lab(root)
     lab.repo.mkdir()
     git(lab.repo, "init", "-q", "-b", "master")
-    (lab.repo / "target.py").write_text(TARGET)
+    (lab.repo / "target.py").write_text(INSPECT_TARGET)
     (lab.repo / "README.md").write_text("protected\n")
     git(lab.repo, "add", "-A")
     git(lab.repo, "commit", "-qm", "init")
