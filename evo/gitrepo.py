@@ -239,8 +239,9 @@ def check_ref_name(name: str) -> bool:
     return subprocess.run(["git", "check-ref-format", name], capture_output=True).returncode == 0
 
 
-def merge_file(base: str, ours: str, theirs: str, favor: str | None = None) -> tuple[str, bool]:
-    """3-way merge of three texts; favor='ours'|'theirs' settles each conflict hunk that way."""
+def merge_file(base: str, ours: str, theirs: str, favor: str | None = None, diff3: bool = False) -> tuple[str, bool]:
+    """3-way merge of three texts; favor='ours'|'theirs' settles each conflict hunk that way;
+    diff3 also shows the base's side of each conflict (`||||||| base`)."""
     with tempfile.TemporaryDirectory(prefix="evo-merge-") as tmp:
         paths = []
         for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
@@ -250,6 +251,8 @@ def merge_file(base: str, ours: str, theirs: str, favor: str | None = None) -> t
         args = ["merge-file", "-p", "-L", "a", "-L", "base", "-L", "b"]
         if favor:
             args.append(f"--{favor}")
+        if diff3:
+            args.append("--diff3")
         proc = subprocess.run(["git", *args, *paths], capture_output=True)
     if proc.returncode < 0 or proc.returncode > 127:
         raise GitError(f"git merge-file: {proc.stderr.decode(errors='replace').strip()}")

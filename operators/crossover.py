@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import random
 import re
-import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from evo.errors import GitError
 from evo.gitrepo import GitRepo, merge_file
 from operators.base import Conflict, ConflictResolver, Context, OperatorError, Parent, Proposal
 
@@ -137,19 +135,6 @@ class LineMerge:
     left: int = 0  # hunks that do not align, left to the resolver
 
 
-def _diff3(base: str, ours: str, theirs: str) -> str:
-    with tempfile.TemporaryDirectory(prefix="evo-merge3-") as tmp:
-        paths = []
-        for name, text in (("a", ours), ("base", base), ("b", theirs)):
-            f = Path(tmp) / name
-            f.write_text(text, encoding="utf-8")
-            paths.append(str(f))
-        proc = subprocess.run(["git", "merge-file", "-p", "--diff3", "-L", "a", "-L", "base", "-L", "b", *paths], capture_output=True)
-    if proc.returncode < 0 or proc.returncode > 127:
-        raise OperatorError(f"crossover: git merge-file failed: {proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout.decode("utf-8", errors="replace")
-
-
 def _line_policy(resolver: str, prefer_a: bool, rng: random.Random) -> Callable[[], bool] | None:
     """Who wins a line both parents changed: the fitter parent, a coin (random), or the resolver (None)."""
     if resolver == "fitter":
@@ -168,7 +153,10 @@ def line_merge(base: str, ours: str, theirs: str, pick: Callable[[], bool] | Non
     None when the file's 3-way merge cannot be read as hunks (e.g. one side lacks the file)."""
     if not base or not ours or not theirs:
         return None
-    text = _diff3(base, ours, theirs)
+    try:
+        text = merge_file(base, ours, theirs, diff3=True)[0]
+    except GitError as e:
+        raise OperatorError(f"crossover: {e}") from None
     out: list[list[str]] = [[], [], [], []]  # merged, base', ours', theirs'
     lm = LineMerge("", "", "", "")
     lines = text.splitlines(keepends=True)
