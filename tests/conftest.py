@@ -88,6 +88,17 @@ def write_config(path: Path, repo: Path, storage: Path, **sections: dict[str, ob
     return path
 
 
+def inspect_repo(repo: Path) -> Path:
+    """A committed repository holding INSPECT_TARGET (the inspection tests' lab)."""
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "master")
+    (repo / "target.py").write_text(INSPECT_TARGET)
+    (repo / "README.md").write_text("protected\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "init")
+    return repo
+
+
 @pytest.fixture
 def make_repo(tmp_path: Path) -> Callable[..., Path]:
     """make_repo(noise=0.0, files={...}) -> a committed git repo holding target.py (+ files)."""

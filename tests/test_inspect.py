@@ -23,7 +23,7 @@ import optuna
 import pytest
 
 import evo
-from conftest import INSPECT_TARGET
+from conftest import git, inspect_repo
 from evo import cli
 
 
@@ -37,11 +37,6 @@ STUDIES = {  # name -> config sections (the storage and results default to ./res
                                                  "crossover_rate": 1.0, "tournament_size": 1}, "sprt": {"enabled": False}},
 }
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout.strip()
 
 
 def toml(sections: dict[str, dict[str, object]]) -> str:
@@ -98,12 +93,7 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     root = tmp_path_factory.mktemp("inspect")
     lab = Lab(root)
-    lab.repo.mkdir()
-    git(lab.repo, "init", "-q", "-b", "master")
-    (lab.repo / "target.py").write_text(INSPECT_TARGET)
-    (lab.repo / "README.md").write_text("protected\n")
-    git(lab.repo, "add", "-A")
-    git(lab.repo, "commit", "-qm", "init")
+    inspect_repo(lab.repo)
     with inside(root):
         for name, extra in STUDIES.items():
             buf = io.StringIO()

@@ -25,7 +25,7 @@ from typing import Any
 import optuna
 import pytest
 
-from conftest import INSPECT_TARGET
+from conftest import inspect_repo
 from evo import cli
 from evo.inspect.html import batch_diffs
 
@@ -83,12 +83,7 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     root = tmp_path_factory.mktemp("report")
     lab = Lab(root)
-    lab.repo.mkdir()
-    git(lab.repo, "init", "-q", "-b", "master")
-    (lab.repo / "target.py").write_text(INSPECT_TARGET)
-    (lab.repo / "README.md").write_text("protected\n")
-    git(lab.repo, "add", "-A")
-    git(lab.repo, "commit", "-qm", "init")
+    inspect_repo(lab.repo)
     for name, extra in STUDIES.items():
         lab.evo("search", "--config", str(config(root, name, extra)))
     return lab
