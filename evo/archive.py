@@ -127,6 +127,39 @@ def _postgresql_driver(url: str) -> str:
     return f"{scheme}://{rest}"
 
 
+# -- study facts ------------------------------------------------------------------------------
+# A few short labels are Optuna user attrs: `optuna studies` prints them and optuna-dashboard shows
+# them. Everything else evo keeps about a study is an Optuna *system* attr named "evo:KEY", and the
+# per-candidate decisions and per-generation logbook rows are one attr each ("evo:decisions:17",
+# "evo:logbook:3"): a write is one row however long the study has run (rewriting one growing
+# attr made every candidate cost O(trials)), and `optuna studies` stays one screen wide.
+LABELS = frozenset({"metric", "direction", "strategy", "repo", "mainline", "base_commit", "best"})
+ROWS = frozenset({"decisions", "logbook"})
+_PREFIX = "evo:"
+
+
+def read_facts(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, Any]:
+    """Everything evo keeps about a study, as one dict: the labels, the other facts, `decisions`
+    (candidate index as a string -> decision) and `logbook` (rows in generation order). Studies
+    written before facts were split keep them all in user attrs; those are read too."""
+    facts: dict[str, Any] = dict(storage.get_study_user_attrs(study_id))
+    decisions = dict(facts.get("decisions") or {})
+    logbook = {int(r["gen"]): r for r in facts.get("logbook") or [] if isinstance(r, dict) and "gen" in r}
+    for key, value in storage.get_study_system_attrs(study_id).items():
+        if not key.startswith(_PREFIX):
+            continue  # optuna-dashboard's notes and the like
+        name, _, row = key[len(_PREFIX):].partition(":")
+        if name == "decisions" and row:
+            decisions[row] = value
+        elif name == "logbook" and row:
+            logbook[int(row)] = value
+        elif not row:
+            facts[name] = value
+    facts["decisions"] = decisions
+    facts["logbook"] = [logbook[g] for g in sorted(logbook)]
+    return facts
+
+
 class Archive:
     def __init__(self, storage_url: str, study_name: str, direction: str | None = None, metric: str | None = None) -> None:
         """Open the study; create it when `direction` is given and it does not exist yet.
@@ -149,6 +182,7 @@ class Archive:
             )
         self.name = study_name
         self._id = self.storage.get_study_id_from_name(study_name)
+        self._facts: dict[str, Any] | None = None
         if metric and self.study.metric_names != [metric]:
             with warnings.catch_warnings():  # experimental in Optuna, stable enough for a label
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -157,11 +191,32 @@ class Archive:
     # -- study-level facts ------------------------------------------------------------------
     @property
     def attrs(self) -> dict[str, Any]:
-        return self.study.user_attrs
+        """The study's facts (see `read_facts`), read once: this process is the study's only writer
+        (the search holds its lock), so the copy is kept in step by the writes below."""
+        if self._facts is None:
+            self._facts = read_facts(self.storage, self._id)
+        return self._facts
 
     def set_attr(self, key: str, value: Any) -> None:
+        """One fact: a label as a user attr, anything else as a system attr."""
+        assert key not in ROWS, f"{key} is written a row at a time (set_row)"
         with self._writing():
-            self.study.set_user_attr(key, value)
+            if key in LABELS:
+                self.storage.set_study_user_attr(self._id, key, value)
+            else:
+                self.storage.set_study_system_attr(self._id, _PREFIX + key, value)
+        self.attrs[key] = value
+
+    def set_row(self, table: str, key: str | int, value: Any) -> None:
+        """One row of `decisions` (key = candidate index) or `logbook` (key = generation)."""
+        assert table in ROWS, table
+        with self._writing():
+            self.storage.set_study_system_attr(self._id, f"{_PREFIX}{table}:{key}", value)
+        if table == "decisions":
+            self.attrs["decisions"][str(key)] = value
+        else:
+            rows = {int(r["gen"]): r for r in self.attrs["logbook"]} | {int(key): value}
+            self.attrs["logbook"] = [rows[g] for g in sorted(rows)]
 
     @contextmanager
     def _writing(self) -> Iterator[None]:

@@ -59,6 +59,6 @@ class Logbook:
             self.book.record(**row)
             self.last, self.first = g, end
             new.append(row)
-        if new:
-            s.archive.set_attr("logbook", [dict(r) for r in self.book])
+        for row in new:  # one row each: the logbook is never rewritten whole
+            s.archive.set_row("logbook", row["gen"], dict(row))
         return new

@@ -47,20 +47,36 @@ class Mainline:
         steps = lineage.mainline(self.repo, base, self.repo.ref(self.ref))
         self.promotions = []
         changed = len(steps) != len(recorded)
+        recovered = []
         for step in steps:
             p = recorded.get(step.index) or {"index": step.index, "commit": step.commit, "candidate": step.trailers.get("Candidate", ""),
                                              "value": step.value, "time": time.time(), "decision": step.trailers.get("Decision", "")}
             self.promotions.append(p)
             if self.decisions.get(str(step.index), {}).get("decision") != Decision.ACCEPT:  # killed before the decision was written
                 self.decisions[str(step.index)] = {"decision": Decision.ACCEPT.value, "recovered": True}
+                recovered.append(step.index)
                 changed = True
             if step.index in pop:
                 pop[step.index].decision = Decision.ACCEPT
         if changed:
             self.archive.set_attr("promotions", self.promotions)
-            self.archive.set_attr("decisions", self.decisions)
+            for index in recovered:
+                self.archive.set_row("decisions", index, self.decisions[str(index)])
+        if self.promotions and self.archive.attrs.get("best") != self.best_label():
+            self.archive.set_attr("best", self.best_label())
         last = self.promotions[-1]["index"] if self.promotions else 0
         self.incumbent = pop.get(last, pop[0])
+
+    def best_label(self) -> str:
+        """The study's `best` label: its confirmed result, the head of the mainline, in one line. Optuna's
+        own "best trial" is the best single run (a lucky seed, or a confirmation run of a candidate
+        that was never promoted); `optuna studies` and optuna-dashboard show this label beside it."""
+        p = self.promotions[-1]
+        text = f"{self.metric} {p['value']:.6g}: mainline #{p['index']} ({self.branch} {str(p['commit'])[:10]})"
+        if p.get("gain") is not None and p.get("gain_ci"):
+            lo, hi = p["gain_ci"]
+            text += f"; last step's gain on fresh seeds {p['gain']:.4g} (95% interval {lo:.4g} to {hi:.4g})"
+        return text
 
     # -- decisions ------------------------------------------------------------------------------
     def screen(self, ind: Individual, pop: dict[int, Individual]) -> None:
@@ -109,7 +125,7 @@ class Mainline:
     def decide(self, ind: Individual, decision: Decision, info: dict[str, Any]) -> None:
         ind.decision = decision
         self.decisions[str(ind.index)] = info | {"decision": decision.value, "time": time.time()}
-        self.archive.set_attr("decisions", self.decisions)
+        self.archive.set_row("decisions", ind.index, self.decisions[str(ind.index)])
 
     def promote(self, ind: Individual, info: dict[str, Any]) -> None:
         """Advance the mainline by one auditable commit: the candidate's tree, both lines as parents."""
@@ -136,6 +152,7 @@ class Mainline:
                                 "previous": prev.value if prev else None, "time": time.time(), "decision": info.get("decision"),
                                 "gain": info.get("gain"), "gain_ci": info.get("gain_ci")})
         self.archive.set_attr("promotions", self.promotions)
+        self.archive.set_attr("best", self.best_label())
         self.decide(ind, Decision.ACCEPT, info)
         self.log(f"#{ind.index:<4} PROMOTED to {self.branch}: {self.metric} {was} -> {ind.value:.6g}")
 

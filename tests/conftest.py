@@ -61,6 +61,13 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout.strip()
 
 
+def facts(study: object) -> dict:
+    """Everything evo keeps about a study (labels as user attrs, the rest as system attrs): as evo reads it."""
+    from evo.archive import read_facts
+
+    return read_facts(study._storage, study._study_id)  # type: ignore[attr-defined]
+
+
 def write_config(path: Path, repo: Path, storage: Path, **sections: dict[str, object]) -> Path:
     """A TOML config for the toy target; keyword sections override keys."""
     base: dict[str, dict[str, object]] = {

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 import pytest
 
-from conftest import TARGET, git, write_config
+from conftest import TARGET, git, write_config, facts
 from evo import cli
 from evo.config import SearchConfig
 from evo.individual import Individual, Run, Status
@@ -172,7 +172,7 @@ def test_paths_in_a_config_are_relative_to_the_config_file(tmp_path: Path, monke
     db = tmp_path / "project" / "conf" / "db" / "evo.db"
     assert db.is_file()
     study = optuna.load_study(study_name="toy", storage=f"sqlite:///{db}")
-    assert study.user_attrs["repo"] == str(tmp_path / "project" / "repo")
+    assert facts(study)["repo"] == str(tmp_path / "project" / "repo")
     child = by_index(study)[1]
     assert child.user_attrs["description"] == "PROGRAM-MARKER: try X near 3"  # the agent read the program
     assert child.value == pytest.approx(-1.0 - 0.4)
@@ -204,7 +204,7 @@ def flagged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, optuna.Stud
 
 def test_cli_flags_override_the_config(flagged: tuple[Path, optuna.Study]) -> None:
     _, study = flagged
-    a = study.user_attrs
+    a = facts(study)
     assert (a["strategy"], a["seed"]) == ("random", 5)
     c = a["config"]
     assert (c["study"]["name"], c["study"]["seed"]) == ("flagged", 5)
@@ -223,26 +223,26 @@ def test_random_strategy_breeds_every_child_from_the_baseline(flagged: tuple[Pat
     ts = by_index(study)
     # the mainline moved before the last child was bred (one worker: a child is bred after the
     # previous one was recorded), and still nobody bred from it
-    promos = study.user_attrs["promotions"]
+    promos = facts(study)["promotions"]
     assert promos and promos[0]["index"] < max(ts), promos
     for i, t in ts.items():
         if i > 0:
             assert t.user_attrs["parent_indices"] == [0], (i, t.user_attrs["parent_indices"])
-            assert t.user_attrs["parents"] == [study.user_attrs["base_commit"]]
+            assert t.user_attrs["parents"] == [facts(study)["base_commit"]]
 
 
 def test_a_promotion_commit_has_the_previous_mainline_then_the_candidate_as_parents(flagged: tuple[Path, optuna.Study]) -> None:
     repo, study = flagged
-    promos = study.user_attrs["promotions"]
+    promos = facts(study)["promotions"]
     assert promos, "the toy's constants start far from the optimum: some child is promoted"
-    previous = study.user_attrs["base_commit"]
+    previous = facts(study)["base_commit"]
     for p in promos:
         assert git(repo, "log", "-1", "--format=%P", p["commit"]).split() == [previous, p["candidate"]]
         assert git(repo, "rev-parse", f"{p['commit']}^{{tree}}") == git(repo, "rev-parse", f"{p['candidate']}^{{tree}}")
         assert f"Evo-Index: {p['index']}" in git(repo, "log", "-1", "--format=%B", p["commit"])
         previous = p["commit"]
     assert git(repo, "rev-parse", "evo/flagged/main") == previous
-    assert git(repo, "rev-parse", "master") == study.user_attrs["base_commit"]  # the user's branch never moves
+    assert git(repo, "rev-parse", "master") == facts(study)["base_commit"]  # the user's branch never moves
 
 
 SPACED = '''\
@@ -341,7 +341,7 @@ def test_secondary_metric_runs_nsga2_end_to_end(tmp_path: Path) -> None:
                    search={"strategy": "population", "population": mu, "generations": 3, "secondary_metric": "cost",
                            "secondary_direction": "minimize", "steady_state": False, "elites": 0, "crossover_rate": 0.0})
     ts = by_index(study)
-    assert study.user_attrs["config"]["search"]["secondary_metric"] == "cost"
+    assert facts(study)["config"]["search"]["secondary_metric"] == "cost"
     assert len(ts) == mu + 3 * mu
     done = {i: t for i, t in ts.items() if t.value is not None}
     assert all("cost" in t.user_attrs["metrics"] for t in done.values())

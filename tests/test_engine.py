@@ -162,8 +162,10 @@ def test_a_promotion_whose_archive_copy_was_lost_is_recovered_from_the_ref(make_
     summary, _ = search(cfg, toy())
     assert summary["promotions"] >= 2
     study = Study(cfg, *build_operators(cfg), log=lambda s: None)
-    study.archive.set_attr("promotions", [])  # as if killed between the ref and the archive's write
-    study.archive.set_attr("decisions", {})
+    promoted = [p["index"] for p in study.archive.attrs["promotions"]]
+    study.archive.set_attr("promotions", [])  # as if killed between the ref and the archive's writes
+    for index in promoted:
+        study.archive.set_row("decisions", index, {"decision": "testing"})
     study.load()
     assert len(study.mainline.promotions) == summary["promotions"]
     last = study.mainline.promotions[-1]["index"]

@@ -34,7 +34,7 @@ from typing import Any
 import optuna
 import pytest
 
-from conftest import ROOT, git, write_config
+from conftest import ROOT, git, write_config, facts
 from evo.runner import owner_key
 
 KILLS = int(os.environ.get("EVO_FAULT_KILLS", "50"))
@@ -145,7 +145,7 @@ class Disk:
         return self.study.get_trials(deepcopy=False) if self.study else []
 
     def attrs(self) -> dict[str, Any]:
-        return self.study.user_attrs if self.study else {}
+        return facts(self.study) if self.study else {}
 
     def refs(self) -> dict[int, str]:
         out = git(self.repo, "for-each-ref", "--format=%(refname) %(objectname)", f"refs/heads/evo/{self.name}/c/")

@@ -23,7 +23,7 @@ import optuna
 import pytest
 
 import evo
-from conftest import git, inspect_repo
+from conftest import git, inspect_repo, facts
 from evo import cli
 
 
@@ -86,7 +86,7 @@ class Lab:
         return optuna.load_study(study_name=name, storage=self.url).get_trials(deepcopy=False)
 
     def attrs(self, name: str) -> dict:
-        return optuna.load_study(study_name=name, storage=self.url).user_attrs
+        return facts(optuna.load_study(study_name=name, storage=self.url))
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +240,27 @@ def test_best_reports_the_mainline_and_how_to_check_it_out(lab: Lab, capsys: pyt
     assert b["mainline"]["gain"] == pytest.approx(last["value"] - base)
     best_run = max((t for t in screening(lab.trials("toy")).values() if t.value is not None), key=lambda t: t.value)
     assert b["best_run"]["trial"] == best_run.number
+
+
+def test_optuna_studies_is_one_screen_wide_and_names_the_confirmed_best(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    """`optuna studies` prints every user attr: only short labels live there (config, decisions,
+    logbook and promotions are system attrs), and the `best` label is `evo best`'s mainline."""
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    out = subprocess.run([str(optuna_cli), "studies", "--storage", lab.url, "-f", "json"], capture_output=True, text=True, check=True).stdout
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert set(rows) == set(STUDIES)
+    for name, row in rows.items():
+        assert set(row["user_attrs"]) <= {"metric", "direction", "strategy", "repo", "mainline", "base_commit", "best"}, row
+        assert len(json.dumps(row["user_attrs"])) < 600, row  # was 11,255 characters on the default job
+    table = subprocess.run([str(optuna_cli), "studies", "--storage", lab.url], capture_output=True, text=True, check=True).stdout
+    assert max(map(len, table.splitlines())) < 900
+    b = json.loads(ok(capsys, "best", "toy", "--format", "json", "--storage", lab.url))["mainline"]
+    label = rows["toy"]["user_attrs"]["best"]
+    assert label.startswith(f"score {b['value']:.6g}: mainline #{b['index']} (evo/toy/main {b['commit'][:10]})"), (label, b)
+    # the decisions and logbook are still whole for evo's readers, one row per candidate / generation
+    attrs = lab.attrs("toy")
+    assert str(b["index"]) in attrs["decisions"] and attrs["decisions"][str(b["index"])]["decision"] == "accept"
+    assert [r["gen"] for r in attrs["logbook"]] == list(range(len(attrs["logbook"]))) and len(attrs["logbook"]) >= 3
 
 
 def test_best_with_sprt_shows_the_confirmation_and_warns_about_single_runs(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 import pytest
 
-from conftest import TARGET, git, write_config
+from conftest import TARGET, git, write_config, facts
 from evo import cli
 from evo.runner import RunSpec, network_isolation_available, run, run_env
 
@@ -285,7 +285,7 @@ def test_an_agent_that_touches_a_protected_file_is_rejected(tmp_path: Path, monk
 def test_the_study_fingerprints_the_protected_files(tmp_path: Path) -> None:
     repo = make_repo(tmp_path, TARGET.replace("NOISE", "0.0"))
     search(tmp_path, repo)
-    attrs = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'evo.db'}").user_attrs
+    attrs = facts(optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'evo.db'}"))
     readme = git(repo, "rev-parse", "HEAD:README.md")
     import hashlib
     assert attrs["fingerprint"] == hashlib.sha256(f"README.md {readme}\n".encode()).hexdigest()[:16]
@@ -307,7 +307,7 @@ def test_runs_on_other_data_are_refused_even_after_a_resume(tmp_path: Path) -> N
     assert child.user_attrs["outcome"] == "invalid" and child.value is None
     assert child.user_attrs["reason"] == "data fingerprint (none printed) differs from the baseline's 5eed0fda7a"
     study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'evo.db'}")
-    assert study.user_attrs["data_fingerprint"] == "5eed0fda7a"
+    assert facts(study)["data_fingerprint"] == "5eed0fda7a"
     # resumed with a bigger budget: the baseline is not re-run, its fingerprint still rules
     ts = search(tmp_path, repo, search={"generations": 2})
     third = next(t for t in ts if t.user_attrs["index"] == 2)

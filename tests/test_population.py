@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import evo, git, write_config
+from conftest import evo, git, write_config, facts
 from evo.config import SearchConfig
 from evo.gitrepo import GitRepo
 from evo.individual import Individual, Run, Status
@@ -158,11 +158,11 @@ def test_population_search_end_to_end(make_repo, tmp_path: Path) -> None:
         parents = git(repo, "log", "-1", "--format=%P", t.user_attrs["commit"]).split()
         assert len(parents) == 2 and parents == t.user_attrs["parents"]
     # every promotion improved on the last one
-    promos = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'evo.db'}").user_attrs["promotions"]
+    promos = facts(optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'evo.db'}"))["promotions"]
     vals = [p["value"] for p in promos]
     assert vals == sorted(vals) and len(set(vals)) == len(vals)
     assert "worker utilisation" in res.stdout
-    logbook = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'evo.db'}").user_attrs["logbook"]
+    logbook = facts(optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'evo.db'}"))["logbook"]
     assert [r["gen"] for r in logbook] == list(range(6))
 
 

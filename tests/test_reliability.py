@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, git, write_config
+from conftest import ROOT, git, write_config, facts
 from evo.executors.base import Job, RunTemplate
 from evo.executors.local import LocalExecutor
 from evo.gitrepo import GitRepo
@@ -596,7 +596,7 @@ def test_a_two_worker_search_on_postgresql(tmp_path: Path, make_repo) -> None:  
         trials = study.get_trials(deepcopy=False)
         keys = [(t.user_attrs["index"], t.user_attrs["seed"]) for t in trials]
         assert len(keys) == len(set(keys)) and len(trials) >= 7, keys  # every run once: the baseline and 6 children
-        assert study.user_attrs["config"]["study"]["storage"] == url  # no password here to mask
+        assert facts(study)["config"]["study"]["storage"] == url  # no password here to mask
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
         assert complete and all(t.value is not None for t in complete)
         # resuming on the same server: nothing is run again

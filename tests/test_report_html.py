@@ -25,7 +25,7 @@ from typing import Any
 import optuna
 import pytest
 
-from conftest import inspect_repo
+from conftest import inspect_repo, facts
 from evo import cli
 from evo.inspect.html import batch_diffs
 
@@ -179,10 +179,10 @@ def test_the_page_renders_tree_diff_and_curves_in_chromium(lab: Lab) -> None:
             assert dom.by_id(f"s0-edge-{p}-{idx}") is not None, (p, idx)
         node = dom.by_id(f"s0-node-{idx}")
         assert f"#{idx} " in node["text"]
-    promoted = {p["index"] for p in st.user_attrs["promotions"]}
+    promoted = {p["index"] for p in facts(st)["promotions"]}
     assert promoted  # the seeded SPRT search confirms a candidate (tests/test_inspect.py checks which)
     assert {int(e["attrs"]["data-index"]) for e in nodes if "promoted" in e["attrs"]["class"].split()} == promoted
-    top = st.user_attrs["promotions"][-1]["index"]
+    top = facts(st)["promotions"][-1]["index"]
 
     # the detail panel opens on the mainline's best: its diff as git computes it, line by line
     detail = dom.by_id("s0-detail")
@@ -198,7 +198,7 @@ def test_the_page_renders_tree_diff_and_curves_in_chromium(lab: Lab) -> None:
     assert [e["text"] for e in in_detail if e["attrs"].get("class") == "d-del"] == removed
     # its progress curves: one path per run (screening and confirmation seeds), each with every progress point
     runs = [t for t in st.get_trials(deepcopy=False) if t.user_attrs.get("index") == top and t.intermediate_values]
-    d = st.user_attrs["decisions"][str(top)]
+    d = facts(st)["decisions"][str(top)]
     assert len(runs) >= d["pairs"] >= 1
     for t in runs:
         path = next((e for e in dom.elements if e["tag"] == "path" and f"s0-run-{t.number}" in e["parent_ids"]), None)
@@ -293,7 +293,7 @@ def test_the_embedded_data_matches_the_archive_and_git(lab: Lab) -> None:
         for d in m["diffs"]:  # cut at 3 lines, and says by how much
             full = git(lab.repo, "diff", t.user_attrs["parents"][m["parents"].index(d["against"])], t.user_attrs["commit"])
             assert d["text"] == "".join(full.splitlines(keepends=True)[:3]) and d["cut"] == len(full.splitlines()) - 3
-    assert [r["index"] for r in s["mainline"]] == [0] + [p["index"] for p in st.user_attrs["promotions"]]
+    assert [r["index"] for r in s["mainline"]] == [0] + [p["index"] for p in facts(st)["promotions"]]
 
 
 def test_confirmed_gain_interval() -> None:
@@ -380,7 +380,7 @@ def test_lineage_and_members_print_readably(lab: Lab) -> None:
     cross = next(i for i, t in shots.items() if len(t.user_attrs.get("parent_indices", [])) == 2)
     other = shots[cross].user_attrs["parent_indices"][1]
     assert any(re.search(rf"#{cross}  g\d+  crossover\S* x #{other}  ", ln) for ln in lines), text
-    for i in (p["index"] for p in lab.study("pop-s1").user_attrs["promotions"]):
+    for i in (p["index"] for p in facts(lab.study("pop-s1"))["promotions"]):
         assert any(f"* #{i}  " in ln for ln in lines)  # promoted, marked
     assert str(tree) == "\n".join(lines[1:])
     old = TreeNode.REPR_LINES
@@ -400,7 +400,7 @@ def test_compare_defaults_to_the_confirmed_mainline(lab: Lab) -> None:
     assert default["value"] == "mainline" and best["value"] == "best"
     for name in ("sprt", "pop-s1", "pop-s2"):
         st = lab.study(name)
-        promotions = st.user_attrs.get("promotions", [])
+        promotions = facts(st).get("promotions", [])
         main = promotions[-1]["value"] if promotions else screening(st)[0].value
         assert next(r for r in default["studies"] if r["study"] == name)["final"] == pytest.approx(main)
         top = max(t.value for t in screening(st).values() if t.value is not None)
@@ -511,8 +511,8 @@ def test_mainline_names_every_change_from_the_previous_step(lab: Lab, tmp_path: 
 
     # promote by hand a candidate whose first parent was never promoted: its parent's change
     # arrives with it, untested, and must be named
-    promoted = {p["index"] for p in st.user_attrs.get("promotions", [])}
-    main_idx = st.user_attrs["promotions"][-1]["index"] if promoted else 0
+    promoted = {p["index"] for p in facts(st).get("promotions", [])}
+    main_idx = facts(st)["promotions"][-1]["index"] if promoted else 0
     pick = next((i for i, t in sorted(shots.items(), reverse=True)
                  if i > 0 and t.user_attrs.get("commit") and t.value is not None and parents[i] and parents[i][0] not in promoted | {0}
                  and i not in ancestors(main_idx) and (ancestors(i) - ancestors(main_idx)) - {i}), None)

@@ -7,7 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import evo, write_config
+from conftest import evo, write_config, facts
 
 # A noisy target: a seed offset shared by every candidate on that seed (pairing cancels it) and
 # a per-run jitter (it does not cancel; seeded by the seed and the code, so the search is reproducible), with progress lines one step every `step_s` seconds.
@@ -38,7 +38,7 @@ def test_futility_prunes_fast_and_promotion_needs_paired_confirmation(make_repo,
     assert res.returncode == 0, res.stdout + res.stderr
     study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'evo.db'}")
     ts = study.get_trials(deepcopy=False)
-    assert study.user_attrs["noise"]["n"] == 3
+    assert facts(study)["noise"]["n"] == 3
     roles = [t.user_attrs["role"] for t in ts]
     assert roles.count("replicate") == 2
 
@@ -56,8 +56,8 @@ def test_futility_prunes_fast_and_promotion_needs_paired_confirmation(make_repo,
 
     # the target starts far from its optimum: the seeded search (the jitter too) promotes, each
     # promotion on paired seeds after the GSPRT's burn-in, never on one run
-    decisions = study.user_attrs["decisions"]
-    promos = study.user_attrs["promotions"]
+    decisions = facts(study)["decisions"]
+    promos = facts(study)["promotions"]
     assert promos, "nothing was promoted"
     for p in promos:
         d = decisions[str(p["index"])]
@@ -95,8 +95,8 @@ def test_a_deterministic_target_with_sprt_on_falls_back_to_single_runs(make_repo
     study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'evo.db'}")
     kids = {t.user_attrs["index"] for t in study.get_trials(deepcopy=False) if t.user_attrs["index"] > 0}
     assert kids == set(range(1, 9))
-    assert study.user_attrs["promotions"], "a better child of a deterministic target was not promoted"
-    assert "noise" not in study.user_attrs
+    assert facts(study)["promotions"], "a better child of a deterministic target was not promoted"
+    assert "noise" not in facts(study)
 
 
 AGENT = """\
@@ -117,7 +117,7 @@ def test_a_huge_gain_is_still_confirmed_on_a_further_seed(make_repo, tmp_path: P
     res = evo("search", "--config", str(cfg), cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     study = optuna.load_study(study_name="toy", storage=f"sqlite:///{tmp_path / 'evo.db'}")
-    d = study.user_attrs["decisions"]["1"]
+    d = facts(study)["decisions"]["1"]
     assert d["decision"] == "accept", d
     seeds = {t.user_attrs["seed"] for t in study.get_trials(deepcopy=False) if t.user_attrs["index"] == 1}
     # the evidence is the confirmation pairs alone, on seeds other than the screening seed that selected it

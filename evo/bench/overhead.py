@@ -252,18 +252,14 @@ def grow(cfg: Any, repo: Path, n: int, seed: int) -> None:
         rows.append({"value": v, "attrs": a, "intermediate": {500: v}, "start": now, "end": now})
     bulk_add_trials(cfg.study.storage, name, rows)
 
-    # study attrs a greedy search with SPRT off would have: one decision and one logbook row per candidate
-    from evo.archive import Archive
-
-    ar = Archive(cfg.study.storage, name)
-    decisions = dict(attrs.get("decisions", {}))
-    logbook = list(attrs.get("logbook", []))
+    # study facts a greedy search with SPRT off would have: one decision and one logbook row per candidate
     best = min((r["value"] for r in rows), default=0.0)
+    facts = {}
     for i, r in enumerate(rows):
-        decisions[str(start + i)] = {"decision": "untested", "time": time.time()}
-        logbook.append({"gen": start + i, "evals": 1, "best": best, "median": r["value"], "failed": 0, "pruned": 0, "seconds": 1.0})
-    ar.set_attr("decisions", decisions)
-    ar.set_attr("logbook", logbook)
+        facts[f"evo:decisions:{start + i}"] = {"decision": "untested", "time": time.time()}
+        facts[f"evo:logbook:{start + i}"] = {"gen": start + i, "evals": 1, "best": best, "median": r["value"], "failed": 0,
+                                             "pruned": 0, "seconds": 1.0}
+    bulk_add_system_attrs(cfg.study.storage, name, facts)
 
 
 def bulk_add_trials(url: str, study_name: str, rows: list[dict[str, Any]]) -> None:
@@ -298,6 +294,22 @@ def bulk_add_trials(url: str, study_name: str, rows: list[dict[str, Any]]) -> No
             conn.execute(sa.insert(models.TrialUserAttributeModel.__table__), attrs)
             if inter:
                 conn.execute(sa.insert(models.TrialIntermediateValueModel.__table__), inter)
+    finally:
+        storage.engine.dispose()
+
+
+def bulk_add_system_attrs(url: str, study_name: str, attrs: dict[str, Any]) -> None:
+    """Study system attrs (evo's per-candidate facts) in one transaction, as `bulk_add_trials` does trials."""
+    import optuna
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        with storage.engine.begin() as conn:
+            sid = conn.execute(sa.select(models.StudyModel.study_id).where(models.StudyModel.study_name == study_name)).scalar_one()
+            conn.execute(sa.insert(models.StudySystemAttributeModel.__table__),
+                         [{"study_id": sid, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()])
     finally:
         storage.engine.dispose()
 

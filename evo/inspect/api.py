@@ -31,7 +31,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from evo.lineage import parse as parse_trailers
-from evo.archive import mask_url, open_storage
+from evo.archive import mask_url, open_storage, read_facts
 from evo.errors import EvoError, GitError
 from evo.individual import Direction
 
@@ -316,9 +316,9 @@ class EvoStudy(optuna.Study):
 
     @property
     def attrs(self) -> dict[str, Any]:
-        """The study's user attrs (read once)."""
+        """The study's facts: its labels, other facts, decisions and logbook (evo.archive.read_facts; read once)."""
         if self._attrs is None:
-            self._attrs = self._storage.get_study_user_attrs(self._study_id)
+            self._attrs = read_facts(self._storage, self._study_id)
         return self._attrs
 
     @property

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evo.archive import read_facts
 from evo.errors import EvoError, GitError
 
 
@@ -62,7 +63,7 @@ def plan(storage: Any, url: str, study: str, keep_mainline: bool = False) -> Pla
     from evo.gitrepo import GitRepo
 
     sid = storage.get_study_id_from_name(study)
-    attrs = storage.get_study_user_attrs(sid)
+    attrs = read_facts(storage, sid)
     p = Plan(study=study, url=url, trials=_count_trials(storage, sid))
     p.repo_path = str(attrs.get("repo") or "")
     if p.repo_path:
