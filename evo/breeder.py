@@ -67,7 +67,7 @@ class Breeder:
                 if attempt:  # a merge is deterministic: its retry mutates the merged tree too
                     rng = random.Random(f"{self.seed}:{idx}:{attempt}")
                     plan = replace(plan, mutate_after=True) if plan.operator == "crossover" else plan
-                tree, description, artifacts, usage = self._propose(plan, ind, rng, ctx)
+                tree, description, artifacts, usage = self._propose(plan, ind, rng, ctx, pop)
                 self._count_usage(usage)
                 ind.usage = {k: ind.usage.get(k, 0) + int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens")}
                 if tree not in trees or self.out_of_tokens():
@@ -96,7 +96,8 @@ class Breeder:
         ind.status = Status.PENDING
         return ind
 
-    def _propose(self, plan: Plan, ind: Individual, rng: random.Random, ctx: Context) -> tuple[str, str, dict[str, str], dict[str, int]]:
+    def _propose(self, plan: Plan, ind: Individual, rng: random.Random, ctx: Context,
+                 pop: dict[int, Individual]) -> tuple[str, str, dict[str, str], dict[str, int]]:
         from operators.crossover import crossover
 
         a = plan.parents[0]
@@ -112,12 +113,47 @@ class Breeder:
                     ind.operator = f"crossover+{self.mutation.name}"
                 return tree, desc, child.artifacts, child.usage
         ind.parents, ind.parent_indices = (a.commit,), (a.index,)  # a mutation, or nested lines: mutate instead
+        ind.planned = "crossover" if plan.operator == "crossover" else ""  # the trial says the planned crossover fell back
+        if plan.operator == "tpe":
+            ind.operator = "tpe"
+            prop = self.tpe_proposal(a, pop, rng)
+            return self.repo.write_tree(a.commit, dict(prop.files)), prop.description, prop.artifacts, prop.usage
         ind.operator = self.mutation.name
-        prop = self.mutation.mutate(self.parent_view(a), rng, ctx)
+        mutation = self.mutation
+        if plan.step_scale != 1.0 and hasattr(mutation, "scaled"):  # an island's own step size
+            mutation = mutation.scaled(plan.step_scale)
+        prop = mutation.mutate(self.parent_view(a), rng, ctx)
         bad = [p for p in prop.files if not matches(p, self.mutable)]
         if bad:
             raise OperatorError(f"touches protected file(s): {', '.join(sorted(bad))}", prop.artifacts, prop.usage)
         return self.repo.write_tree(a.commit, dict(prop.files)), prop.description, prop.artifacts, prop.usage
+
+    def tpe_proposal(self, parent: Individual, pop: dict[int, Individual], rng: random.Random) -> Any:
+        """A child of `parent` proposed by TPE over the constants, fitted on every evaluated candidate (operators/tpe.py)."""
+        from operators.tpe import TPEProposer
+
+        if not hasattr(self.mutation, "candidates"):
+            raise OperatorError("tpe children need [operators] mutation = 'constants' (it says which constants may change)")
+        observed, running = [], []
+        for o in sorted(pop.values(), key=lambda o: o.index):
+            if not o.commit or o.reused_from is not None:
+                continue
+            if o.status == Status.EVALUATED and o.mean() is not None:
+                observed.append((self.constants_of(o), float(o.mean())))  # type: ignore[arg-type]
+            elif o.status in (Status.PENDING, Status.RUNNING) and o.tree:
+                running.append(self.constants_of(o))
+        base = self.parent_view(pop[0]).files
+        return TPEProposer(self.mutation).propose(self.parent_view(parent), base, observed, running, str(self.direction), rng)  # type: ignore[arg-type]
+
+    def constants_of(self, ind: Individual) -> dict[str, Any]:
+        """The module-level constants of an individual's mutable Python files (cached by tree)."""
+        from operators.constants import find_constants
+
+        cache = self.__dict__.setdefault("_constants", {})
+        if ind.tree not in cache:
+            files = self.parent_view(ind).files
+            cache[ind.tree] = {c.name: c.value for p in sorted(files) if p.endswith(".py") for c in find_constants(p, files[p])}
+        return cache[ind.tree]
 
     def _validate(self, parent: Individual, tree: str, artifacts: dict[str, str]) -> None:
         """Nothing outside the mutable files changes; Python still compiles. Else no run is spent."""

@@ -48,6 +48,7 @@ class TargetConfig:
     max_log_bytes: int = 20_000_000  # the log keeps this much; the rest is counted, not stored
     memory_limit_mb: int = 0  # RLIMIT_AS per run; 0 = none
     no_network: bool = False  # run in a new network namespace when unshare allows it
+    preload: tuple[str, ...] = ()  # modules a pre-started interpreter imports once; `{python} script` runs fork from it
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,10 @@ class SearchConfig:
     exploit: float = 0.9  # population: chance a parent is the incumbent (else a power-law draw by rank)
     rank_power: float = 1.0  # population: a parent of rank r (0 = best) is drawn with weight (r + 1) ** -rank_power
     merge_side_lines: bool = False  # population: merge improving lines the incumbent lacks into it, once per pair
+    islands: int = 1  # population: children dealt round robin to this many islands, each breeding from its own best
+    island_patience: int = 4  # population: an island whose best had this many children that failed takes the incumbent in
+    tpe_rate: float = 0.0  # greedy and population: chance a mutation child is proposed by TPE over the constants instead
+    step_spread: float = 0.0  # population: island k's (or in-flight child k's) constants step x 2 ** (spread * u), u in [-1, 1]
     # budgets: the search stops at whichever comes first (0 = no limit); `generations` still bounds the children
     max_runs: int = 0  # runs (baseline replicates and confirmations included)
     max_hours: float = 0.0  # wall-clock hours, summed over every session of the study
@@ -284,6 +289,10 @@ def _finish(cfg: Config, base: Path, stem: str) -> Config:
         raise ConfigError(f"{src}: [target] mutable: missing; list the files a candidate may change")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", tg.metric):
         raise ConfigError(f"{src}: [target] metric = {tg.metric!r}: use a plain name such as val_bpb")
+    for module in tg.preload:
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise ConfigError(f"{src}: [target] preload = {list(tg.preload)!r}: {module!r} is not a module name "
+                              "(a list of names such as \"torch\" or \"numpy.linalg\")")
     for key in ("metric_regex", "progress_regex"):
         pattern = getattr(tg, key)
         if pattern:
@@ -306,11 +315,17 @@ def _finish(cfg: Config, base: Path, stem: str) -> Config:
             raise ConfigError(f"{src}: [search] {key} = {val}: must be a finite number >= 0 (0 = no limit)")
     if not (0.0 <= se.exploit <= 1.0):
         raise ConfigError(f"{src}: [search] exploit = {se.exploit}: must be between 0 and 1")
+    for key, val, lo in (("islands", se.islands, 1), ("island_patience", se.island_patience, 1)):
+        if val < lo:
+            raise ConfigError(f"{src}: [search] {key} = {val}: must be >= {lo}")
+    if not (0.0 <= se.step_spread <= 4.0):
+        raise ConfigError(f"{src}: [search] step_spread = {se.step_spread}: must be between 0 and 4 (a power of 2)")
     if not (0.0 <= se.rank_power <= 100.0):
         raise ConfigError(f"{src}: [search] rank_power = {se.rank_power}: must be between 0 and 100")
     if cfg.operators.duplicate_retries < 0:
         raise ConfigError(f"{src}: [operators] duplicate_retries = {cfg.operators.duplicate_retries}: must be >= 0")
-    for key, val in (("crossover_rate", se.crossover_rate), ("mutation_rate", se.mutation_rate), ("seed_corr", sp.seed_corr)):
+    for key, val in (("crossover_rate", se.crossover_rate), ("mutation_rate", se.mutation_rate), ("tpe_rate", se.tpe_rate),
+                     ("seed_corr", sp.seed_corr)):
         if not 0.0 <= val <= 1.0:
             sec = "sprt" if key == "seed_corr" else "search"
             raise ConfigError(f"{src}: [{sec}] {key} = {val}: must be between 0 and 1")

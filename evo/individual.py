@@ -115,6 +115,7 @@ class Individual:
     artifacts: str = ""  # folder of the proposal's prompt, response and diff
     usage: dict[str, int] = field(default_factory=dict)  # tokens the proposal cost (written on its screening trial)
     params: dict[str, float] = field(default_factory=dict)  # numeric constants this child changed (Optuna params)
+    planned: str = ""  # the operator the strategy planned, where the breeder made another (a crossover of nested lines mutates)
 
     @property
     def value(self) -> float | None:
@@ -141,7 +142,7 @@ def candidate_attrs(ind: Individual, branch: str) -> dict[str, Any]:
         "index": ind.index, "commit": ind.commit, "tree": ind.tree, "branch": branch if ind.commit else "",
         "parents": list(ind.parents), "parent_indices": list(ind.parent_indices), "operator": ind.operator,
         "description": ind.description, "generation": ind.generation, "artifacts": ind.artifacts,
-    }
+    } | ({"planned": ind.planned} if ind.planned else {})
 
 
 def rebuild(trials: list[FrozenTrial], screen_seed: int) -> dict[int, Individual]:
@@ -158,7 +159,7 @@ def rebuild(trials: list[FrozenTrial], screen_seed: int) -> dict[int, Individual
                 index=idx, commit=a.get("commit", ""), tree=a.get("tree", ""), parents=tuple(a.get("parents", ())),
                 parent_indices=tuple(a.get("parent_indices", ())), operator=a.get("operator", ""),
                 description=a.get("description", ""), generation=int(a.get("generation", 0)), screen_seed=screen_seed,
-                artifacts=a.get("artifacts", "") or "", params={k: v for k, v in t.params.items()},
+                artifacts=a.get("artifacts", "") or "", params={k: v for k, v in t.params.items()}, planned=a.get("planned", ""),
             )
         outcome = a.get("outcome", "")
         if t.state == TrialState.RUNNING or outcome == INTERRUPTED:

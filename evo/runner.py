@@ -176,8 +176,12 @@ class RunSpec:
     no_network: bool = False
 
 
-def run(spec: RunSpec, monitor: Monitor | None = None, cancel: threading.Event | None = None) -> RunResult:
+def run(spec: RunSpec, monitor: Monitor | None = None, cancel: threading.Event | None = None, warm: Any = None) -> RunResult:
     """Run spec.command to completion, timeout, pruning or cancellation; never raises for the run's faults.
+
+    `warm` (an evo.executors.warm.Zygote) forks the run from a pre-started interpreter when it
+    can (a Popen-like process in its own session, with the same environment, token, limits and
+    output pipe); when it cannot, the run starts cold here as always.
 
     The timeout and the cancel event are watched by a thread of their own (`_Guard`), which kills
     the process group itself: however slow the reading of the output is, it cannot delay a kill.
@@ -197,14 +201,16 @@ def run(spec: RunSpec, monitor: Monitor | None = None, cancel: threading.Event |
             _write_quietly(log, b"[evo] not run: no_network is set and `unshare --net` does not work on this machine\n")
             return RunResult("crashed", reason="not run: [target] no_network = true but `unshare --net` does not work on this machine")
         start = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                _wrap(spec), cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        except OSError as e:
-            _write_quietly(log, f"[evo] could not start: {e}\n".encode(errors="replace"))
-            return RunResult("crashed", reason=safe_text(f"could not start the run command: {e}"))
+        proc: Any = _warm_start(warm, spec, env, token) if warm is not None else None
+        if proc is None:
+            try:
+                proc = subprocess.Popen(
+                    _wrap(spec), cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            except OSError as e:
+                _write_quietly(log, f"[evo] could not start: {e}\n".encode(errors="replace"))
+                return RunResult("crashed", reason=safe_text(f"could not start the run command: {e}"))
         guard = _Guard(proc, token, start + spec.timeout, cancel)
         try:
             total, written, tail, failure = _read(proc, spec, parser, monitor, guard, log)
@@ -246,6 +252,20 @@ def run(spec: RunSpec, monitor: Monitor | None = None, cancel: threading.Event |
     if res.outcome != "complete":
         res.value = None
     return res
+
+
+def _warm_start(warm: Any, spec: RunSpec, env: dict[str, str], token: str) -> Any:
+    """The run forked from the zygote, or None (start it cold). A failure here is never the run's:
+    whatever the zygote may have started under this token is killed before the cold start."""
+    try:
+        return warm.start(spec, env)
+    except Exception as e:  # noqa: BLE001 - evo's own fault: the run still runs, cold
+        _kill_token(token)
+        try:
+            warm.log(f"warm start failed ({type(e).__name__}: {e}); this run starts cold")
+        except Exception:  # noqa: BLE001
+            pass
+        return None
 
 
 def _read(proc: subprocess.Popen[bytes], spec: RunSpec, parser: OutputParser, monitor: Monitor | None,

@@ -21,9 +21,10 @@ from evo.individual import Direction, Individual, Status
 @dataclass(frozen=True)
 class Plan:
     parents: tuple[Individual, ...]  # one for a mutation, two for a crossover
-    operator: str  # "mutation" | "crossover"
+    operator: str  # "mutation" | "crossover" | "tpe" (a proposal of the TPE model of the study's candidates)
     generation: int
     mutate_after: bool = False  # crossover child also mutated (folded into the merge commit)
+    step_scale: float = 1.0  # the constants operator's step is multiplied by this for this child (islands)
 
 
 class Strategy(Protocol):
@@ -66,11 +67,14 @@ class Greedy:
 
     def __init__(self, cfg: SearchConfig) -> None:
         self.planned = cfg.generations
+        self.tpe_rate = cfg.tpe_rate
 
     def generation_of(self, index: int) -> int:
         return index
 
     def plan(self, index: int, pop: dict[int, Individual], incumbent: Individual, rng: random.Random) -> Plan | None:
+        if self.tpe_rate and rng.random() < self.tpe_rate:
+            return Plan(parents=(incumbent,), operator="tpe", generation=index)
         return Plan(parents=(incumbent,), operator="mutation", generation=index)
 
 
@@ -181,15 +185,50 @@ class Population:
             side = self.side_line(inc, ranked, pop)
             if side is not None:  # an improving line the incumbent lacks: merge it in first
                 return Plan(parents=(inc, side), operator="crossover", generation=gen)
+            island = self.island_of(index)
+            if island is not None:  # this child's island: its own best (the incumbent once it stagnates)
+                ranked = self.island_members(island, pool, inc, fails)
+                inc = ranked[0]
             a = inc if rng.random() < self.cfg.exploit else self._draw(ranked, fails, rng)
             b = None
             if rng.random() < self.cfg.crossover_rate:
                 anc = ancestry(pop)
                 partners = [i for i in ranked if not nested(a.index, i.index, anc) and improved(i, pop, self.direction)]
                 b = self._draw(partners, fails, rng) if partners else None
+        scale = self.step_scale(index)
+        if b is None and self.cfg.tpe_rate and rng.random() < self.cfg.tpe_rate:
+            return Plan(parents=(a,), operator="tpe", generation=gen)
         if b is not None and a.index != b.index:
-            return Plan(parents=(a, b), operator="crossover", generation=gen, mutate_after=rng.random() < self.cfg.mutation_rate)
-        return Plan(parents=(a,), operator="mutation", generation=gen)
+            return Plan(parents=(a, b), operator="crossover", generation=gen, mutate_after=rng.random() < self.cfg.mutation_rate,
+                        step_scale=scale)
+        return Plan(parents=(a,), operator="mutation", generation=gen, step_scale=scale)
+
+    # -- islands: per-island lines and step sizes ----------------------------------------------
+    def island_of(self, index: int) -> int | None:
+        """Child `index`'s island (children are dealt round robin), or None with one population."""
+        return index % self.cfg.islands if self.cfg.islands > 1 else None
+
+    def step_scale(self, index: int) -> float:
+        """The constants step multiplier of child `index`: 2 ** (step_spread * u), u evenly spaced in [-1, 1]
+        over the islands (or, with one population, over as many slots as workers: the children in flight
+        at one time carry different step sizes)."""
+        if not self.cfg.step_spread:
+            return 1.0
+        k = self.cfg.islands if self.cfg.islands > 1 else max(2, self.cfg.workers)
+        u = 2.0 * (index % k) / (k - 1) - 1.0
+        return 2.0 ** (self.cfg.step_spread * u)
+
+    def island_members(self, island: int, pool: list[Individual], inc: Individual, fails: dict[int, int]) -> list[Individual]:
+        """The island's `population` best, best first. An island with no member yet starts from the incumbent;
+        one whose best member has had `island_patience` children that did not beat it (stagnant) takes the
+        incumbent in (migration of the global best)."""
+        own = sorted((i for i in pool if i.index > 0 and i.index % self.cfg.islands == island),
+                     key=lambda i: (-self.score(i), i.index))[: self.mu]
+        if not own:
+            return [inc]
+        if own[0].index != inc.index and fails.get(own[0].index, 0) >= self.cfg.island_patience:
+            return [inc] + [i for i in own if i.index != inc.index]
+        return own
 
     def side_line(self, inc: Individual, ranked: list[Individual], pop: dict[int, Individual]) -> Individual | None:
         """The best survivor that beat its own parent, is not nested with the incumbent and was never

@@ -22,6 +22,7 @@ What it changes, and how:
 from __future__ import annotations
 
 import ast
+import copy
 import math
 import os
 import random
@@ -180,6 +181,12 @@ class ConstantsMutation:
         self.step_dist = step_dist
         self.exclude = frozenset(exclude)
         self.device = device or current_device()
+
+    def scaled(self, factor: float) -> ConstantsMutation:
+        """The same operator with its step multiplied by `factor` (a plan's per-child step scale)."""
+        out = copy.copy(self)
+        out.step = self.step * factor
+        return out
 
     def candidates(self, files: dict[str, str]) -> list[Constant]:
         """The constants this operator may change in these files."""

@@ -1,19 +1,33 @@
-"""Crash safety: `evo search` is killed with SIGKILL at random moments and resumed until done.
+"""Crash safety: `evo search` is killed with SIGKILL and resumed until done.
 
 Each attempt is a real process running the real command line (`evo.cli.main`), killed with
-SIGKILL. To fit 50 kills in CI time, most attempts are forked from a warm "zygote" that has
-already imported evo (importing scipy and optuna costs more than a whole attempt); two are plain
-`python -m evo search` processes. Nothing in evo knows it is being tested: the kill moments are
-random delays, plus some triggered from outside by what evo writes (a new candidate ref, the
-mainline ref moving, SQLite's journal appearing), so that every phase is hit.
+SIGKILL. To fit many kills in CI time, most attempts are forked from a warm "zygote" that has
+already imported evo (importing scipy and optuna costs more than a whole attempt); some are plain
+`python -m evo search` processes. Nothing in evo knows it is being tested: the moment of a kill
+is a random delay, or is chosen from outside by what evo does (a child's ref being written, a run
+of some role starting, the mainline ref moving, SQLite's journal coming and going).
 
-After every kill the state on disk must already be consistent (no trial left RUNNING, no run
-recorded twice, every trial names the commit its ref holds), and what the kill left behind tells
-which phase it hit. At the end the resumed study must equal an uninterrupted reference search
-with the same seed: the same individuals, runs, outcomes, values and promotions. Nothing lost,
-nothing evaluated twice.
+A kill stops evo first (SIGSTOP: nothing more happens in it), notes the runs it has going (its
+child processes carry EVO_ROLE, EVO_INDIVIDUAL and EVO_SEED), then SIGKILLs it; the git commands
+it had started end on their own, as they would after a real kill. Then the state on disk must
+already be consistent (`Disk.check`), and what was going and what the disk holds say exactly
+which phases the kill hit. With two workers one kill can hit several at once:
 
-EVO_FAULT_KILLS (default 50) and EVO_FAULT_SEED (default 1) change the size and the draw.
+  startup    the study not open yet (the storage, the lock, rebuilding the state)
+  commit     a child's commit and ref written in this attempt, its run not started (breeding)
+  run        a baseline, replicate or candidate (screening) run going
+  confirm    a confirmation run (a promotion test's further seed) going
+  record     a run ended and was reported, its trial not written
+  decision   a candidate's screening trial written, its decision (test, untested, promote) not
+  promotion  the mainline ref moved, the archive's promotion list or the accept decision not written
+
+Two searches are killed: greedy with the statistics off and one worker (50 kills, compared at the
+end with an uninterrupted reference search), and the configuration that ships (a population, the
+statistics on, two workers), whose kills are steered until every phase above has been hit;
+tests/test_faults_ray.py kills the shipped shape again through the Ray executor.
+
+EVO_FAULT_KILLS (default 50) and EVO_FAULT_SEED (default 1) change the size and the draw;
+EVO_FAULT_SHIPPED_KILLS (default 0) adds random kills to the shipped search once every phase is hit.
 """
 
 from __future__ import annotations
@@ -28,22 +42,26 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 
-from conftest import ROOT, git, write_config, facts
+from conftest import ROOT, git, write_config
 from evo.runner import owner_key
 
 KILLS = int(os.environ.get("EVO_FAULT_KILLS", "50"))
 SEED = int(os.environ.get("EVO_FAULT_SEED", "1"))
+SHIPPED_KILLS = int(os.environ.get("EVO_FAULT_SHIPPED_KILLS", "0"))
 
 ZYGOTE = r'''
 import json, os, sys, traceback
 import evo.cli, evo.search, evo.study, evo.report, evo.executors.local, operators.constants, operators.crossover
 import optuna
+for name in sys.argv[1:]:
+    __import__(name)
 optuna.storages.RDBStorage("sqlite:///:memory:")  # optuna imports sqlalchemy and alembic lazily: warm them too
 print("ready", flush=True)
 while True:
@@ -74,12 +92,20 @@ while True:
 
 
 class Zygote:
-    """A warm interpreter that forks one `evo` command line per request."""
+    """A warm interpreter that forks one `evo` command line per request.
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    It starts importing at once; `ready()` waits for it (so a test can do other work meanwhile)."""
+
+    def __init__(self, env: dict[str, str], imports: tuple[str, ...] = ()) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE, *imports], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env, cwd=ROOT)
-        assert self._read() == "ready"
+        self._ready = False
+
+    def ready(self) -> Zygote:
+        if not self._ready:
+            assert self._read() == "ready"
+            self._ready = True
+        return self
 
     def _read(self) -> str:
         assert self.proc.stdout is not None
@@ -89,6 +115,7 @@ class Zygote:
 
     def _send(self, **cmd: Any) -> str:
         assert self.proc.stdin is not None
+        self.ready()
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
         return self._read()
@@ -123,13 +150,116 @@ class Plain:
         return self.procs.pop(pid).wait(timeout=60)
 
 
+# -- processes, read from /proc ------------------------------------------------------------------
+
+def state(pid: int) -> str:
+    """The process's state letter (R, S, D, T, Z, ...); '' when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def alive(pid: int) -> bool:
+    return state(pid) not in ("", "Z", "X")
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of every thread of pid."""
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            out += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
+
+
+Run = tuple[int, int, str]  # (index, seed, role) of a run process, from its environment
+
+
+def run_of(env: dict[str, str]) -> Run | None:
+    if "EVO_ROLE" not in env:
+        return None
+    return int(env["EVO_INDIVIDUAL"]), int(env["EVO_SEED"]), env["EVO_ROLE"]
+
+
+def local_runs(pid: int) -> list[Run]:
+    """The runs evo (pid) has going: the local executor's runs are its children."""
+    return [r for c in children(pid) if (r := run_of(environ(c))) is not None]
+
+
+def ray_runs(cache: str) -> list[Run]:
+    """The runs going on this machine's Ray workers for the study whose EVO_CACHE is `cache`."""
+    found = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            env = environ(int(name))
+            if env.get("EVO_CACHE") == cache and "EVO_RAY_RUN" in env and (r := run_of(env)) is not None and alive(int(name)):
+                found.add(r)
+    return sorted(found)
+
+
+def wait_until(pred: Callable[[], bool], limit: float, step: float = 0.001) -> bool:
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return False
+
+
+def stop_and_kill(pid: int, runs: Callable[[], list[Run]]) -> list[Run] | None:
+    """SIGSTOP evo, note the runs going, SIGKILL it; None if it had ended on its own.
+
+    Evo's other children (git commands) are left to end, as after any kill -9, before this returns."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return None
+    assert wait_until(lambda: state(pid) in ("T", "t", "Z", "X", ""), 30), f"evo ({pid}) never stopped: {state(pid)}"
+    if not alive(pid):
+        return None
+    going = runs()
+    others = [c for c in children(pid) if run_of(environ(c)) is None]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not any(alive(c) for c in others), 60), "a command evo started never ended"
+    return going
+
+
 # -- what is on disk ---------------------------------------------------------------------------
+
+# a finished run as the search prints it: "[  12/23] #7    g1   constants   confirm seed 2   score ..."
+RUN_LINE = re.compile(r"^\[\s*\d+(?:/\d+)?\] #(\d+)\s+g\d+\s+\S+\s+(?:\w+ seed (\d+))?", re.M)
+
+
+@dataclass
+class Kill:
+    """One kill: what the attempt printed, the candidate refs before it started, the runs it had going."""
+
+    text: str
+    refs_before: set[int]
+    runs: list[Run]
+
 
 class Disk:
     """Reads a study's archive and refs the way a second process would."""
 
     def __init__(self, repo: Path, storage: Path, name: str) -> None:
         self.repo, self.storage, self.name = repo, storage, name
+        self.logs = storage.parent / "results" / "logs" / name
         self._study: optuna.Study | None = None
 
     @property
@@ -145,7 +275,14 @@ class Disk:
         return self.study.get_trials(deepcopy=False) if self.study else []
 
     def attrs(self) -> dict[str, Any]:
-        return facts(self.study) if self.study else {}
+        """The study's facts as evo reads them (decisions, promotions, ...), wherever evo keeps them."""
+        if not self.study:
+            return {}
+        try:
+            from evo.archive import read_facts
+        except ImportError:  # facts kept as plain user attrs
+            return dict(self.study.user_attrs)
+        return read_facts(self.study._storage, self.study._study_id)  # type: ignore[attr-defined]
 
     def refs(self) -> dict[int, str]:
         out = git(self.repo, "for-each-ref", "--format=%(refname) %(objectname)", f"refs/heads/evo/{self.name}/c/")
@@ -185,31 +322,47 @@ class Disk:
                 assert branches.get(a["index"]) == a["commit"], f"trial {t.number}: ref of #{a['index']} is not its commit"
             else:
                 assert a["outcome"] in ("operator_failed", "rejected"), a
+        # the order of writes: a trial before its decision, the mainline ref before the archive's copy and the decision
+        attrs = self.attrs()
+        screened = {t.user_attrs["index"]: t for t in ts if t.user_attrs["role"] == "candidate" and t.user_attrs["seed"] == 0}
+        decisions = attrs.get("decisions", {})
+        early = [k for k in decisions if int(k) not in screened or screened[int(k)].user_attrs["outcome"] != "complete"]
+        assert not early, f"decided before its screening run was recorded: {early}"
+        chain = self.mainline()
+        promotions = [(p["index"], p["value"]) for p in attrs.get("promotions", [])]
+        assert promotions == chain[:len(promotions)], f"the archive's promotions {promotions} are not the mainline's {chain}"
+        accepted = {int(k) for k, d in decisions.items() if d["decision"] == "accept"}
+        assert accepted <= {i for i, _ in chain}, f"accepted but not on the mainline: {accepted - {i for i, _ in chain}}"
+        assert all(screened[i].value == v for i, v in chain), "a promotion's value is not its candidate's screening value"
         return ts
 
-    def phase(self, out: str, t0: float) -> str:
-        """Which moment the kill hit, from what it left behind."""
-        if f"study {self.name}" not in out:
-            return "startup"  # opening the storage, taking the lock, rebuilding the state
+    def phases(self, kill: Kill) -> set[str]:
+        """Which phases the kill hit, from what was going and what the disk holds (see the module's doc)."""
+        if f"study {self.name}" not in kill.text:
+            return {"startup"}
         ts = self.trials()
         attrs = self.attrs()
-        if len(self.mainline()) != len(attrs.get("promotions", [])):
-            return "promotion"  # the mainline ref moved, the archive's copy is not written yet
         done = {(t.user_attrs["index"], t.user_attrs["seed"]) for t in ts}
-        printed = {(int(m[1]), int(m[2] or 0)) for m in re.finditer(r"^\[\s*\d+/\d+\] #(\d+)\s+g\d+\s+\S+\s+(?:\w+ seed (\d+))?", out, re.M)}
-        decided = set(attrs.get("decisions", {}))
-        undecided = [t for t in ts if t.user_attrs["index"] > 0 and t.user_attrs["role"] == "candidate"
-                     and t.user_attrs["outcome"] == "complete" and str(t.user_attrs["index"]) not in decided]
-        if printed - done or undecided:
-            return "record"  # a run ended: its trial, or the decision it causes, is not written yet
-        for log in (self.storage.parent / "results" / "logs" / self.name).glob("*.log"):
-            m = re.fullmatch(r"(\d+)-seed(\d+)\.log", log.name)
-            if m and log.stat().st_mtime >= t0 and (int(m[1]), int(m[2])) not in done:
-                return "confirm" if int(m[1]) > 0 and int(m[2]) != 0 else "run"  # started, not ended
-        indices = {t.user_attrs["index"] for t in ts}
-        if any(i not in indices for i in self.refs() if i > 0):
-            return "commit"  # committed, not started
-        return "proposal"  # between runs: choosing, proposing, writing a failed or duplicate proposal
+        hit = {"confirm" if role == "confirm" else "run" for i, s, role in kill.runs if (i, s) not in done}
+        printed = {(int(m[1]), int(m[2] or 0)) for m in RUN_LINE.finditer(kill.text)}
+        if printed - done:
+            hit.add("record")
+        decisions = attrs.get("decisions", {})
+        if any(a["index"] > 0 and a["role"] == "candidate" and a["seed"] == 0 and a["outcome"] == "complete" and str(a["index"]) not in decisions
+               for a in (t.user_attrs for t in ts)):
+            hit.add("decision")
+        chain = self.mainline()
+        if len(chain) != len(attrs.get("promotions", [])) or (chain and decisions.get(str(chain[-1][0]), {}).get("decision") != "accept"):
+            hit.add("promotion")
+        going = {i for i, _, _ in kill.runs}
+        for i in set(self.refs()) - kill.refs_before - {i for i, _ in done}:
+            if i > 0 and i not in going and (i, 0) not in printed and not (self.logs / f"{i:05d}-seed0.log").exists():
+                hit.add("commit")  # bred in this attempt, its run never started
+        return hit or {"between"}
+
+    def mean_run(self) -> float:
+        secs = [float(t.user_attrs.get("run_seconds", 0.0)) for t in self.trials() if t.user_attrs.get("run_seconds")]
+        return sum(secs) / len(secs) if secs else 0.3
 
 
 def summary(ts: list[optuna.trial.FrozenTrial]) -> list[tuple[Any, ...]]:
@@ -221,68 +374,170 @@ def summary(ts: list[optuna.trial.FrozenTrial]) -> list[tuple[Any, ...]]:
     )
 
 
-def wait_until(pred: Callable[[], bool], limit: float, step: float = 0.001) -> bool:
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
+# -- choosing the moment --------------------------------------------------------------------------
+
+class Moment:
+    """Waits, from outside, for the moment to kill one attempt (pid). Every wait gives up after
+    `limit` seconds (the kill then comes anyway) or when evo ends on its own."""
+
+    def __init__(self, pid: int, disk: Disk, out: Path, rng: random.Random, unit: float, runs: Callable[[], list[Run]]) -> None:
+        self.pid, self.disk, self.out, self.rng, self.unit, self.runs = pid, disk, out, rng, unit, runs
+        self.refs = disk.repo / ".git" / "refs" / "heads" / "evo" / disk.name
+        self.journal_file = disk.storage.with_name(disk.storage.name + "-journal")
+
+    def until(self, pred: Callable[[], bool], limit: float, step: float) -> bool:
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            if pred():
+                return True
+            if not alive(self.pid):
+                return False
+            time.sleep(step)
+        return False
+
+    def opened(self) -> bool:
+        return self.until(lambda: f"study {self.disk.name}" in self.out.read_text(errors="replace"), 120, 0.005)
+
+    def wait(self, mode: str, limit: float, delay: float = 0.0) -> None:
+        if mode == "early":  # while it opens the study
+            time.sleep(self.rng.uniform(0.0, delay))
+            return
+        if not self.opened():
+            return  # it ended (a crash is reported by the caller)
+        time.sleep(self.rng.uniform(0.0, delay))
+        getattr(self, mode)(limit)
+
+    def random(self, limit: float) -> None:
+        pass  # the delay was the moment
+
+    def ref(self, limit: float) -> None:
+        """A child's ref being written (its .lock or the ref itself): in the middle of breeding."""
+        def names() -> set[str]:
+            try:
+                return set(os.listdir(self.refs / "c"))
+            except OSError:
+                return set()
+        known = names()
+        self.until(lambda: bool(names() - known), limit, 0.0005)
+
+    def main(self, limit: float) -> None:
+        """The mainline ref moving (git's main.lock, or the ref changed): in the middle of a promotion."""
+        tip = (self.refs / "main").read_bytes()
+        self.until(lambda: (self.refs / "main.lock").exists() or (self.refs / "main").read_bytes() != tip, limit, 0.0003)
+
+    def run(self, limit: float) -> None:
+        self.until(lambda: any(role != "confirm" for _, _, role in self.runs()), limit, 0.002)
+
+    def confirm(self, limit: float) -> None:
+        self.until(lambda: any(role == "confirm" for _, _, role in self.runs()), limit, 0.002)
+
+    def journal(self, limit: float) -> None:
+        """SQLite's journal appearing: in the middle of a write (a trial, a decision, a promotion)."""
+        self.until(self.journal_file.exists, limit, 0.0002)
+
+    def record(self, limit: float) -> None:
+        """A run reported (its line printed): its trial is written next."""
+        seen = len(RUN_LINE.findall(self.out.read_text(errors="replace")))
+        self.until(lambda: len(RUN_LINE.findall(self.out.read_text(errors="replace"))) > seen, limit, 0.0003)
+
+    def decision(self, limit: float) -> None:
+        """A candidate's run ends; its trial is written (SQLite's journal comes and goes): before its decision is."""
+        def candidates() -> set[tuple[int, int]]:
+            return {(i, s) for i, s, role in self.runs() if role == "candidate" and i > 0}
+        if not self.until(lambda: bool(candidates()), limit, 0.002):
+            return
+        watched = candidates()
+        if not self.until(lambda: not watched & candidates(), limit, 0.0005):
+            return
+        journal = {"was": False, "seen": 0}
+
+        def written() -> bool:
+            now = self.journal_file.exists()
+            journal["seen"] += now and not journal["was"]
+            journal["was"] = now
+            return (journal["seen"] >= 1 and not now) or journal["seen"] >= 2
+        self.until(written, limit, 0.0002)
 
 
-def kill_moment(mode: str, rng: random.Random, disk: Disk, out: Path, unit: float) -> None:
-    """Wait for the moment to kill: a random delay, or a random delay then the next write of a kind."""
-    assert wait_until(lambda: f"study {disk.name}" in out.read_text(errors="replace"), 60, 0.005), out.read_text()
-    time.sleep(rng.uniform(0.0, 1.5 * unit))
-    git_dir = disk.repo / ".git" / "refs" / "heads" / "evo" / disk.name
-    if mode == "new-ref":
-        known = set(os.listdir(git_dir / "c")) if (git_dir / "c").is_dir() else set()
-        wait_until(lambda: bool(set(os.listdir(git_dir / "c")) - known), 4 * unit)
-    elif mode == "mainline":
-        tip = (git_dir / "main").read_bytes()
-        wait_until(lambda: (git_dir / "main").read_bytes() != tip, 4 * unit)
-    elif mode == "journal":
-        journal = disk.storage.with_name(disk.storage.name + "-journal")
-        wait_until(journal.exists, 4 * unit, 0.0002)
+# the greedy test's draw of moments
+MODES = ("early",) * 2 + ("random",) * 10 + ("ref", "main", "journal") * 2
 
 
-MODES = ("early",) * 2 + ("random",) * 10 + ("new-ref", "mainline", "journal") * 2
+@dataclass
+class Killed:
+    phases: Counter[str]  # kills that hit each phase
+    modes: Counter[str]  # kills made with each mode
+    kills: int
+    generations: int  # the budget the search ended with
+    seconds: float
+    log: list[str]  # each kill's mode and the phases it hit
 
 
-def search_with_kills(zygote: Zygote, plain: Plain, cfg: Path, cwd: Path, disk: Disk, kills: int, unit: float,
-                      rng: random.Random) -> tuple[Counter[str], Counter[str], int]:
-    """Kill `kills` times, resuming each time; the search's budget grows if it ends before that."""
+def search_with_kills(zygote: Zygote, plain: Plain, cfg: Path, cwd: Path, disk: Disk, rng: random.Random,
+                      choose: Callable[[Counter[str], int, int], str | None], *, plain_at: set[int] = frozenset(),  # type: ignore[assignment]
+                      unit: Callable[[], float], delay: Callable[[str, bool, float], float], limit: Callable[[float], float],
+                      runs: Callable[[int], list[Run]] = local_runs, before: Callable[[], None] = lambda: None,
+                      max_attempts: int = 200, grow: int = 10) -> Killed:
+    """Kill and resume until `choose` says stop (None), then resume to the end.
+
+    choose(phases, kills, attempt) -> the mode of the next attempt's kill, or None: let it finish.
+    When the search finishes before that, its budget grows by `grow` generations (the same study).
+    unit() is a run's length; delay(mode, warm, unit) the random delay before a moment is waited for;
+    limit(unit) how long to wait for it; runs(pid) the runs going; before() runs before each attempt."""
     phases: Counter[str] = Counter()
     modes: Counter[str] = Counter()
     generations = int(re.search(r"generations = (\d+)", cfg.read_text())[1])  # type: ignore[index]
-    plain_at = {1, kills // 2}
-    attempt = 0
+    kills = attempt = 0
+    log: list[str] = []
+    t = time.time()
     while True:
         attempt += 1
-        assert attempt < 2 * kills + 20, "the search never finished"
+        assert attempt <= max_attempts, f"{kills} kills in {attempt - 1} attempts and the phases still missing: hit {dict(phases)}"
         out = cwd / f"attempt-{attempt}.txt"
-        t0 = time.time() - 0.01
         runner = plain if attempt in plain_at else zygote
-        killing = sum(phases.values()) < kills
-        mode = rng.choice(MODES) if attempt > 1 else "random"
+        mode = choose(phases, kills, attempt)
+        u = unit()
+        before()
+        refs_before = set(disk.refs())
         pid = runner.spawn(["search", "--config", str(cfg), "--generations", str(generations)], out, cwd)
-        if killing:
-            if mode == "early":  # while it opens the study
-                time.sleep(rng.uniform(0.0, 0.3 if runner is zygote else 3.0))
-            else:
-                kill_moment(mode, rng, disk, out, unit)
-            os.kill(pid, signal.SIGKILL)
+        going = None
+        if mode is not None:
+            Moment(pid, disk, out, rng, u, lambda: runs(pid)).wait(mode, limit(u), delay(mode, runner is zygote, u))
+            going = stop_and_kill(pid, lambda: runs(pid))
         rc = runner.wait(pid)
         text = out.read_text(errors="replace")
-        if rc == 0 and "done:" in text:
-            if not killing:
-                return phases, modes, generations
-            generations += 10  # finished too soon: a bigger budget for the same study
+        if going is None:  # not killed: it finished (or crashed)
+            assert rc == 0 and "done:" in text, f"attempt {attempt}: exit {rc}\n{text[-3000:]}"
+            if mode is None:
+                return Killed(phases, modes, kills, generations, time.time() - t, log)
+            generations += grow  # finished too soon: a bigger budget for the same study
             continue
         assert rc == -signal.SIGKILL, f"attempt {attempt}: exit {rc}\n{text[-3000:]}"
         disk.check()
-        phases[disk.phase(text, t0)] += 1
+        kills += 1
         modes[mode] += 1
+        hit = disk.phases(Kill(text, refs_before, going))
+        phases.update(hit)
+        log.append(f"{mode}:{'+'.join(sorted(hit))}")
+
+
+def assert_complete(disk: Disk, population: int, generations: int) -> list[optuna.trial.FrozenTrial]:
+    """The resumed population study is whole: every planned child screened once and decided, every test closed,
+    the mainline and the archive's promotions one chain."""
+    ts = disk.check()
+    planned = population - 1 + generations * population
+    assert sorted(t.user_attrs["index"] for t in ts if t.user_attrs["seed"] == 0) == list(range(planned + 1))
+    assert set(disk.refs()) == {t.user_attrs["index"] for t in ts if t.user_attrs["commit"]}
+    attrs = disk.attrs()
+    chain = disk.mainline()
+    assert [(p["index"], p["value"]) for p in attrs["promotions"]] == chain and chain, "nothing promoted"
+    decisions = attrs["decisions"]
+    assert not [k for k, d in decisions.items() if d["decision"] == "testing"], "a promotion test was left open"
+    done = {t.user_attrs["index"] for t in ts if t.user_attrs["outcome"] == "complete" and t.user_attrs["role"] == "candidate"}
+    assert done == set(map(int, decisions)), "a screened candidate was never decided, or a decision has no candidate"
+    assert all(decisions[str(i)]["decision"] == "accept" for i, _ in chain)
+    assert any(t.user_attrs["role"] == "confirm" for t in ts), "no confirmation run: the statistics were not exercised"
+    return ts
 
 
 @pytest.mark.timeout(900)
@@ -294,25 +549,33 @@ def test_kill_9_at_random_moments_then_resume(make_repo, tmp_path: Path) -> None
     cfg = write_config(tmp_path / "evo.toml", repo, tmp_path / "evo.db", **sections)
     ref_repo = make_repo(name="ref")
     ref_cfg = write_config(tmp_path / "ref.toml", ref_repo, tmp_path / "ref.db", **sections)
-    zygote = Zygote(env)
+    zygote = Zygote(env).ready()
     try:
         # a short uninterrupted search measures how long one candidate takes on this machine
         t = time.time()
         pid = zygote.spawn(["search", "--config", str(ref_cfg), "--generations", "8"], tmp_path / "ref.txt", tmp_path)
         assert zygote.wait(pid) == 0, (tmp_path / "ref.txt").read_text()
         unit = (time.time() - t) / 9
-        t = time.time()
         disk = Disk(repo, tmp_path / "evo.db", "toy")
-        phases, modes, generations = search_with_kills(zygote, Plain(env), cfg, tmp_path, disk, KILLS, unit, rng)
-        seconds = time.time() - t
+
+        def choose(phases: Counter[str], kills: int, attempt: int) -> str | None:
+            if kills >= KILLS:
+                return None
+            return rng.choice(MODES) if attempt > 1 else "random"
+
+        def delay(mode: str, warm: bool, unit: float) -> float:
+            return (0.3 if warm else 3.0) if mode == "early" else 1.5 * unit
+
+        killed = search_with_kills(zygote, Plain(env), cfg, tmp_path, disk, rng, choose, plain_at={1, KILLS // 2},
+                                   unit=lambda: unit, delay=delay, limit=lambda u: 4 * u)
         # the reference: the same search, never interrupted (resumed from its first 8 children)
-        pid = zygote.spawn(["search", "--config", str(ref_cfg), "--generations", str(generations)], tmp_path / "ref.txt", tmp_path)
+        pid = zygote.spawn(["search", "--config", str(ref_cfg), "--generations", str(killed.generations)], tmp_path / "ref.txt", tmp_path)
         assert zygote.wait(pid) == 0, (tmp_path / "ref.txt").read_text()
     finally:
         zygote.close()
-    kills = sum(phases.values())
-    print(f"\n{kills} kills in {seconds:.0f}s ({generations} children, {unit:.2f}s each); phases {dict(phases)}; modes {dict(modes)}")
-    assert kills >= KILLS
+    generations, phases = killed.generations, killed.phases
+    print(f"\n{killed.kills} kills in {killed.seconds:.0f}s ({generations} children, {unit:.2f}s each); phases {dict(phases)}; modes {dict(killed.modes)}")
+    assert killed.kills >= KILLS
     ts = disk.check()
     ref = Disk(ref_repo, tmp_path / "ref.db", "toy")
     assert summary(ts) == summary(ref.trials())
@@ -333,40 +596,63 @@ def test_kill_9_at_random_moments_then_resume(make_repo, tmp_path: Path) -> None
     assert len(phases) >= 5 and all(phases[p] >= 1 for p in ("startup", "commit", "run", "record")), phases
 
 
+# The shipped configuration's phases, and the moment that aims at each (in the order they are aimed at:
+# promotions and confirmation runs are frequent early in a study, while candidates still improve a lot).
+AIM = {"startup": "early", "promotion": "main", "confirm": "confirm", "decision": "decision", "commit": "ref", "record": "record", "run": "run"}
+
+
+def steer(wanted: tuple[str, ...], more: int, rng: random.Random) -> Callable[[Counter[str], int, int], str | None]:
+    """Aim each kill at a phase not hit yet (the one aimed at least so far); once all are hit, `more`
+    kills at random moments of any kind; then none."""
+    aimed: Counter[str] = Counter()
+    extra = [0]
+
+    def choose(phases: Counter[str], kills: int, attempt: int) -> str | None:
+        missing = [p for p in wanted if not phases[p]]
+        if missing:
+            p = min(missing, key=lambda p: (aimed[p], wanted.index(p)))
+            aimed[p] += 1
+            return AIM[p]
+        if extra[0] < more:
+            extra[0] += 1
+            return rng.choice(("random", "random", *(AIM[p] for p in wanted)))
+        return None
+
+    return choose
+
+
+def shipped_delay(mode: str, warm: bool, unit: float) -> float:
+    if mode == "early":
+        return 0.4 if warm else 3.0
+    return 1.5 * unit if mode == "random" else 0.0
+
+
+SHIPPED = dict(search={"strategy": "population", "population": 4, "generations": 2, "workers": 2},
+               sprt={"enabled": True, "replicates": 3, "max_pairs": 4, "gate": 0.5})
+PHASES = tuple(AIM)
+
+
 @pytest.mark.timeout(900)
 def test_kill_9_on_the_shipped_configuration(make_repo, tmp_path: Path) -> None:
     """The default shape: a population, the statistics on (replicates, futility, confirmation runs),
-    two workers. Two workers make the order of results depend on timing, so the resumed study is not
-    compared with a reference; it must hold the invariants after every kill and end complete."""
+    two workers. Kills are aimed until each phase has been hit at least once; two workers make the
+    order of results depend on timing, so the resumed study is not compared with a reference: it
+    must hold the invariants after every kill and end complete."""
     rng = random.Random(SEED + 1)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     repo = make_repo(noise=0.4)
-    cfg = write_config(tmp_path / "evo.toml", repo, tmp_path / "evo.db",
-                       search={"strategy": "population", "population": 4, "generations": 5, "workers": 2},
-                       sprt={"enabled": True, "replicates": 3, "max_pairs": 4, "gate": 0.5})
-    zygote = Zygote(env)
+    cfg = write_config(tmp_path / "evo.toml", repo, tmp_path / "evo.db", **SHIPPED)  # type: ignore[arg-type]
+    zygote = Zygote(env).ready()
     disk = Disk(repo, tmp_path / "evo.db", "toy")
-    try:
-        t = time.time()
-        pid = zygote.spawn(["search", "--config", str(cfg), "--generations", "1"], tmp_path / "first.txt", tmp_path)
-        assert zygote.wait(pid) == 0, (tmp_path / "first.txt").read_text()
-        unit = (time.time() - t) / 9
-        phases, modes, generations = search_with_kills(zygote, Plain(env), cfg, tmp_path, disk, max(10, KILLS // 5), unit, rng)
+    try:  # the second attempt is a plain start (the rest are forked from the zygote)
+        killed = search_with_kills(zygote, Plain(env), cfg, tmp_path, disk, rng, steer(PHASES, SHIPPED_KILLS, rng), plain_at={2},
+                                   unit=disk.mean_run, delay=shipped_delay, limit=lambda u: 30 * u + 10, max_attempts=40, grow=1)
     finally:
         zygote.close()
-    ts = disk.check()
-    print(f"\n{sum(phases.values())} kills ({generations} generations); phases {dict(phases)}; modes {dict(modes)}")
-    planned = 4 - 1 + generations * 4
-    assert sorted(t.user_attrs["index"] for t in ts if t.user_attrs["seed"] == 0) == list(range(planned + 1))
-    attrs = disk.attrs()
-    chain = disk.mainline()
-    assert [(p["index"], p["value"]) for p in attrs["promotions"]] == chain and chain, "nothing promoted"
-    decisions = attrs["decisions"]
-    assert not [k for k, d in decisions.items() if d["decision"] == "testing"], "a promotion test was left open"
-    done = {t.user_attrs["index"] for t in ts if t.user_attrs["outcome"] == "complete" and t.user_attrs["role"] == "candidate"}
-    assert done <= set(map(int, decisions))
-    assert any(t.user_attrs["role"] == "confirm" for t in ts), "no confirmation run: the statistics were not exercised"
-    assert phases["startup"] >= 1 and phases["run"] + phases["confirm"] >= 1 and phases["record"] >= 1, phases
+    print(f"\n{killed.kills} kills in {killed.seconds:.0f}s ({killed.generations} generations); phases {dict(killed.phases)}; "
+          f"modes {dict(killed.modes)}\n{' '.join(killed.log)}")
+    assert_complete(disk, 4, killed.generations)
+    assert all(killed.phases[p] >= 1 for p in PHASES), killed.phases
 
 
 SLOW = '''\
@@ -402,13 +688,6 @@ def test_runs_left_by_a_killed_search_are_killed_on_resume(make_repo, tmp_path: 
     assert res.returncode == 0, res.stdout + res.stderr
     assert "killed the runs the last (killed) evo left behind" in res.stdout
     assert not any(alive(p) for p in pids), "the old runs are still alive"
-
-
-def alive(pid: int) -> bool:
-    try:
-        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
 
 
 @pytest.fixture(autouse=True)

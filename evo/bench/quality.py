@@ -58,7 +58,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-SHIPPED = {"search": ("crossover_rate", "mutation_rate", "exploit", "rank_power", "merge_side_lines", "elites"),
+SHIPPED = {"search": ("crossover_rate", "mutation_rate", "exploit", "rank_power", "merge_side_lines", "elites", "islands",
+                      "island_patience", "step_spread", "tpe_rate"),
            "operators": ("max_changes", "step", "step_dist", "duplicate_retries")}
 
 

@@ -38,6 +38,7 @@ class RunTemplate:
     memory_limit_mb: int = 0
     no_network: bool = False
     cache_dir: str = ""  # exported as EVO_CACHE (prepared data lives here, outside checkouts)
+    preload: tuple[str, ...] = ()  # modules a zygote imports once; runs fork from it (evo.executors.warm)
 
     @classmethod
     def from_target(cls, t: TargetConfig, cache_dir: str) -> RunTemplate:
@@ -45,7 +46,7 @@ class RunTemplate:
         return cls(command=python_command(t.run), timeout=t.timeout, time_budget=t.time_budget, metric=t.metric,
                    metric_regex=t.metric_regex, progress_regex=t.progress_regex, env_allow=t.env_allow,
                    max_log_bytes=t.max_log_bytes, memory_limit_mb=t.memory_limit_mb, no_network=t.no_network,
-                   cache_dir=cache_dir)
+                   cache_dir=cache_dir, preload=t.preload)
 
 
 class Monitor(Protocol):

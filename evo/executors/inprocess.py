@@ -63,6 +63,7 @@ class InProcessExecutor(Slots):
     def submit(self, job: Job) -> None:
         slot = self._take()
         result = self._run(job)
+        result.metrics = {**result.metrics, "virtual_end": round(self.now + result.seconds, 6)}  # when it ends on the virtual clock
         self._busy_seconds += result.seconds
         self._order += 1
         heapq.heappush(self._heap, (self.now + result.seconds, self._order, Done(job, result, slot, list(getattr(job.monitor, "trace", []) or []))))

@@ -1,4 +1,9 @@
-"""Local slots: one thread per running job, each bound to one GPU when there are GPUs."""
+"""Local slots: one thread per running job, each bound to one GPU when there are GPUs.
+
+With `[target] preload`, the executor keeps one zygote (evo.executors.warm): a Python process that
+has imported those modules, from which each `{python} script.py` run is forked instead of
+started cold (the runner falls back to a cold start whenever the zygote cannot be used).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,11 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from evo.executors import warm
 from evo.executors.base import Done, Job, RunTemplate, Slots
 from evo.gitrepo import GitRepo
 from evo.runner import RunResult, RunSpec, kill_all_runs, run, run_env, safe_text
@@ -42,22 +50,31 @@ def job_env(template: RunTemplate, job: Job, extra: dict[str, str] | None = None
     })
 
 
-def run_job(template: RunTemplate, job: Job, workdir: Path, extra_env: dict[str, str], cancel: threading.Event) -> RunResult:
+def zygote_env(template: RunTemplate) -> dict[str, str]:
+    """Every run's environment without its per-run values: what the zygote imports its modules under."""
+    env = job_env(template, Job(0, "", 0, "", Path(os.devnull)))
+    return {k: v for k, v in env.items() if k not in warm.PER_RUN}
+
+
+def run_job(template: RunTemplate, job: Job, workdir: Path, extra_env: dict[str, str], cancel: threading.Event,
+            zygote: warm.Zygote | None = None) -> RunResult:
     spec = RunSpec(
         command=template.command, cwd=workdir, env=job_env(template, job, extra_env), timeout=template.timeout,
         log_path=job.log_path, metric=template.metric, metric_regex=template.metric_regex,
         progress_regex=template.progress_regex, max_log_bytes=template.max_log_bytes,
         memory_limit_mb=template.memory_limit_mb, no_network=template.no_network,
     )
-    return run(spec, monitor=job.monitor, cancel=cancel)
+    return run(spec, monitor=job.monitor, cancel=cancel, warm=zygote)
 
 
 class LocalExecutor(Slots):
-    def __init__(self, repo: GitRepo, template: RunTemplate, workers: int = 1) -> None:
+    def __init__(self, repo: GitRepo, template: RunTemplate, workers: int = 1, log: Callable[[str], None] | None = None) -> None:
         super().__init__(workers)
         self.repo = repo
         self.template = template
         self.gpus = visible_gpus()
+        # started now, so that its imports overlap the first export; None: every run starts cold
+        self.zygote: warm.Zygote | None = warm.for_template(template, zygote_env(template), log)
         self._done: queue.Queue[Done] = queue.Queue()
         self._threads: dict[int, threading.Thread] = {}
         self._cancel = threading.Event()
@@ -86,7 +103,7 @@ class LocalExecutor(Slots):
                 except Exception as e:  # noqa: BLE001 - becomes the trial's reason
                     result = RunResult("crashed", reason=safe_text(f"could not export {job.commit[:8]}: {e}"))
                 else:
-                    result = run_job(self.template, job, workdir, extra, self._cancel)
+                    result = run_job(self.template, job, workdir, extra, self._cancel, self.zygote)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
         except BaseException as e:  # noqa: BLE001 - a worker thread must always report back
@@ -134,6 +151,13 @@ class LocalExecutor(Slots):
 
     def shutdown(self) -> None:
         self.cancel_all()
+        if self.zygote is not None:
+            self.zygote.close()
+
+    def warm_counts(self) -> dict[str, Any]:
+        """How many runs were forked warm and how many started cold (the benchmark reads it)."""
+        z = self.zygote
+        return {"warm": z.warm_runs, "cold": z.cold_runs, "off": z.why_off} if z is not None else {"warm": 0, "cold": None, "off": "no preload"}
 
     def utilisation(self) -> float:
         wall = time.monotonic() - self._started
