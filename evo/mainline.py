@@ -84,7 +84,7 @@ class Mainline:
         assert self.incumbent is not None
         verdict = self.judge.screen(ind, self.incumbent)
         if verdict == "promote":
-            self.promote(ind, {"decision": Decision.ACCEPT.value, "rule": self.judge.single_run_rule})
+            self.promote(ind, {"decision": Decision.ACCEPT.value, "rule": self.judge.single_run_rule}, pop)
         else:
             self.decide(ind, Decision.TESTING if verdict == "test" else Decision.UNTESTED, {})
 
@@ -95,7 +95,7 @@ class Mainline:
                 continue
             if self.judge.noiseless:  # identical replicates: one run says it all
                 if self.judge.screen(ind, self.incumbent) == "promote":
-                    self.promote(ind, {"decision": Decision.ACCEPT.value, "rule": "single run (deterministic target)"})
+                    self.promote(ind, {"decision": Decision.ACCEPT.value, "rule": "single run (deterministic target)"}, pop)
                 else:
                     self.decide(ind, Decision.UNTESTED, {"rule": "single run (deterministic target)"})
                 continue
@@ -104,7 +104,7 @@ class Mainline:
                 continue  # no noise model yet
             info = d.info | {"against": self.incumbent.index}
             if d.decision == "accept":
-                self.promote(ind, info | {"decision": Decision.ACCEPT.value})
+                self.promote(ind, info | {"decision": Decision.ACCEPT.value}, pop)
             elif d.decision in ("reject", "inconclusive"):
                 self.decide(ind, Decision(d.decision), info)
                 self.log(f"#{ind.index:<4} promotion test: {d.decision} after {d.n} pairs (llr {d.llr:.2f})")
@@ -127,7 +127,7 @@ class Mainline:
         self.decisions[str(ind.index)] = info | {"decision": decision.value, "time": time.time()}
         self.archive.set_row("decisions", ind.index, self.decisions[str(ind.index)])
 
-    def promote(self, ind: Individual, info: dict[str, Any]) -> None:
+    def promote(self, ind: Individual, info: dict[str, Any], pop: dict[int, Individual] | None = None) -> None:
         """Advance the mainline by one auditable commit: the candidate's tree, both lines as parents."""
         old = self.repo.ref(self.ref)
         prev = self.incumbent
@@ -140,7 +140,7 @@ class Mainline:
             lo, hi = info["gain_ci"]
             body += (f"\n\nGain over #{info.get('against', '?')} on {info['pairs']} fresh seed(s), not used to select it: "
                      f"{info['gain']:.4g} (95% interval {lo:.4g} to {hi:.4g}; {self.metric} units, positive = better)")
-        body += changes_since(self.repo, old, ind.commit)
+        body += inherited(ind, prev, pop or {}) + changes_since(self.repo, old, ind.commit)
         parents = [old] if old == ind.commit else [p for p in (old, ind.commit) if p]
         message = lineage.promotion_message(subject, body, study=self.study, index=ind.index, trial=ind.runs[ind.screen_seed].trial,
                                             candidate=ind.commit, metric=self.metric, value=ind.value,
@@ -155,6 +155,32 @@ class Mainline:
         self.archive.set_attr("best", self.best_label())
         self.decide(ind, Decision.ACCEPT, info)
         self.log(f"#{ind.index:<4} PROMOTED to {self.branch}: {self.metric} {was} -> {ind.value:.6g}")
+
+
+def ancestors(index: int, pop: dict[int, Individual]) -> set[int]:
+    """The individual and every ancestor, through both parents of a crossover."""
+    seen: set[int] = set()
+    stack = [index]
+    while stack:
+        i = stack.pop()
+        if i not in seen and i in pop:
+            seen.add(i)
+            stack.extend(pop[i].parent_indices)
+    return seen
+
+
+def inherited(ind: Individual, prev: Individual | None, pop: dict[int, Individual]) -> str:
+    """The individuals whose changes arrive with `ind` besides its own (untested parents, a
+    crossover's other line), each with what it changed: a commit message section. Without it a
+    promotion described as one constant's step would hide the others it brings."""
+    if prev is None or not pop:
+        return ""
+    others = sorted(ancestors(ind.index, pop) - ancestors(prev.index, pop) - {ind.index})
+    if not others:
+        return ""
+    rows = [f"  #{i} {pop[i].description} ({pop[i].operator}, {pop[i].decision.value or 'not screened'})"
+            for i in others]
+    return "\n\nAlso brings the changes of (ancestors the previous mainline lacks, oldest first):\n" + "\n".join(rows)
 
 
 def changes_since(repo: GitRepo, old: str | None, new: str) -> str:

@@ -83,6 +83,29 @@ def test_greedy_ratchet_promotes_only_improvements_with_auditable_commits(make_r
     assert git(repo, "status", "--porcelain") == "" and git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "master"
 
 
+def test_a_promotion_commit_names_the_untested_ancestors_it_brings(make_repo, tmp_path: Path) -> None:
+    """A population child of an untested parent brings that parent's change too: the commit says so."""
+    repo = make_repo()
+    cfg = make_cfg(tmp_path, repo, search={"strategy": "population", "population": 4, "generations": 8, "exploit": 0.3,
+                                           "crossover_rate": 0.3}, sprt={"enabled": False})
+    search(cfg, toy())
+    study = Study(cfg, *build_operators(cfg), log=lambda s: None)
+    study.load()
+    steps = lineage.mainline(study.repo, study.archive.attrs["base_commit"], study.repo.ref(study.mainline.ref))
+    from evo.mainline import ancestors
+
+    named = 0
+    for prev, step in zip([None, *steps], steps):
+        before = ancestors(prev.index, study.pop) if prev else {0}
+        brings = sorted(ancestors(step.index, study.pop) - before - {step.index})
+        body = git(repo, "log", "-1", "--format=%B", step.commit)
+        for i in brings:
+            assert f"  #{i} {study.pop[i].description} ({study.pop[i].operator}, " in body, (i, body)
+            named += 1
+        assert ("Also brings the changes of" in body) == bool(brings), body
+    assert named >= 1, "this seeded search promotes a child of an untested parent"
+
+
 def test_scheduling_order_baseline_replicates_then_children(make_repo, tmp_path: Path) -> None:
     repo = make_repo()
     cfg = make_cfg(tmp_path, repo, search={"strategy": "greedy", "generations": 3}, sprt={"enabled": True, "replicates": 3})
