@@ -274,3 +274,78 @@ def test_holm_and_paired_wilcoxon() -> None:
     w = wilcoxon([0.1 * k for k in range(20)], [0.1 * k + 1 for k in range(20)])
     assert w["wins"] == 20 and w["p"] < 1e-4
     assert wilcoxon([1.0] * 5, [1.0] * 5)["p"] == 1.0
+
+
+# -- islands, per-child step sizes, the TPE proposer, what the trials record -------------------------------------
+def test_new_search_keys_are_validated_with_file_key_and_value(tmp_path: Path) -> None:
+    base = {"target": {"repo": str(tmp_path), "mutable": ["x.py"], "run": "true"}}
+    cfg = config_mod.load(None, base | {"search": {"islands": 4, "island_patience": 2, "step_spread": 1.0, "tpe_rate": 0.25}})
+    assert (cfg.search.islands, cfg.search.island_patience, cfg.search.step_spread, cfg.search.tpe_rate) == (4, 2, 1.0, 0.25)
+    for key, bad in (("islands", 0), ("island_patience", 0), ("step_spread", 5.0), ("tpe_rate", 1.5), ("tpe_rate", -0.1)):
+        with pytest.raises(ConfigError, match=rf"\[search\] {key} = {bad}"):
+            config_mod.load(None, base | {"search": {key: bad}})
+
+
+def test_islands_breed_from_their_own_best_and_a_stagnant_island_takes_the_incumbent_in() -> None:
+    cfg = SearchConfig(population=8, generations=5, workers=1, crossover_rate=0.0, exploit=1.0, islands=2, island_patience=2,
+                       step_spread=1.0)
+    strat = Population(cfg, "minimize")
+    # island 0: even indices, island 1: odd ones; #3 (island 1) is the incumbent, #2 is island 0's best
+    pop = {0: ind(0, [9.0], generation=0), 1: ind(1, [6.0]), 2: ind(2, [5.0]), 3: ind(3, [4.0], (1,))}
+    assert strat.plan(10, pop, pop[3], random.Random(0)).parents[0].index == 2  # type: ignore[union-attr]
+    assert strat.plan(11, pop, pop[3], random.Random(0)).parents[0].index == 3  # type: ignore[union-attr]
+    pop[4] = ind(4, [7.0], (2,))
+    assert strat.plan(10, pop, pop[3], random.Random(0)).parents[0].index == 2  # type: ignore[union-attr]  # one failure: patience 2
+    pop[6] = ind(6, [8.0], (2,))
+    assert strat.plan(10, pop, pop[3], random.Random(0)).parents[0].index == 3  # type: ignore[union-attr]  # stagnant: migration
+    # each island its own step size: 2 ** -1 and 2 ** +1 of the operator's step
+    assert [strat.step_scale(i) for i in (10, 11)] == [0.5, 2.0]
+    one = Population(SearchConfig(population=8, generations=5, workers=4, step_spread=1.0), "minimize")
+    assert sorted(one.step_scale(i) for i in range(4)) == pytest.approx([0.5, 2 ** (-1 / 3), 2 ** (1 / 3), 2.0])  # in flight at once
+    assert Population(SearchConfig(population=8, generations=5, workers=4), "minimize").step_scale(3) == 1.0
+    assert ConstantsMutation(step=0.5).scaled(2.0).step == 1.0
+
+
+def test_tpe_children_are_proposed_from_the_studys_own_candidates(tmp_path: Path) -> None:
+    t = generate("smooth", 2)
+    repo = t.make_repo(tmp_path / "tpe")
+    cfg = make_config(tmp_path, "tpe", repo, run="python run.py", mutable=t.mutable, strategy="greedy", generations=24,
+                      seed=2, workers=4, study={"storage": "memory://tpe"}, search={"tpe_rate": 0.5})
+    summary, _ = inprocess.search(cfg, t.evaluate)
+    trials = sorted(study_trials(cfg), key=lambda x: x.number)
+    tpe = [x for x in trials if x.user_attrs.get("operator") == "tpe"]
+    assert 6 <= len(tpe) <= 18 and summary["failed"] == 0
+    space = t.space()
+    for x in tpe:
+        assert x.user_attrs["description"].startswith("tpe: ") and x.params  # the constants it moved, as Optuna params
+        for name, v in x.params.items():  # inside the ranges around the baseline
+            spec = space[name]
+            assert spec[0] == "bool" or spec[1] * 0.99 <= v <= spec[2] * 1.01, (name, v, spec)
+    # a TPE child moves several constants at once (a mutation at most max_changes = 2)
+    assert max(len(x.params) for x in tpe) > 2
+    assert t.true_value(t.constants()) > 0
+
+
+def test_trials_record_the_planned_operator_and_the_virtual_end_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evo.strategies import Plan
+
+    real = Population.plan
+
+    def plan(self: Population, index: int, pop: dict[int, Individual], incumbent: Individual, rng: random.Random) -> Plan | None:
+        if index == 5:  # a crossover of nested lines (#1 descends from the baseline): the breeder mutates instead
+            return Plan(parents=(pop[1], pop[0]), operator="crossover", generation=1)
+        return real(self, index, pop, incumbent, rng)
+
+    monkeypatch.setattr(Population, "plan", plan)
+    t = generate("smooth", 4)
+    repo = t.make_repo(tmp_path / "pl")
+    cfg = make_config(tmp_path, "pl", repo, run="python run.py", mutable=t.mutable, strategy="population", generations=2,
+                      population=4, seed=4, workers=3, study={"storage": "memory://pl"})
+    _, ex = inprocess.search(cfg, t.evaluate)
+    trials = sorted(study_trials(cfg), key=lambda x: x.number)
+    five = [x for x in trials if x.user_attrs.get("index") == 5]
+    assert five and five[0].user_attrs["planned"] == "crossover" and five[0].user_attrs["operator"] == "constants"
+    assert five[0].user_attrs["parent_indices"] == [1]
+    assert all("planned" not in x.user_attrs for x in trials if x.user_attrs.get("index") != 5)
+    ends = [x.user_attrs["metrics"]["virtual_end"] for x in trials if x.user_attrs.get("outcome") in ("complete", "pruned")]
+    assert ends and ends == sorted(ends) and 0 < ends[-1] <= ex.now + 1e-9  # recorded in the order they finished

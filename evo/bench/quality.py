@@ -130,6 +130,7 @@ def run(quick: bool, out: Path, seed: int = 0, sizes: dict[str, Any] | None = No
             log(f"  {tname:11} {strat:16} regret median confirmed {fmt(s['confirmed']['median'])} best-seen {fmt(s['best_seen']['median'])}"
                 f"  (screening runs {fmt(s['screening_runs_median'])}, total runs {fmt(s['total_runs_median'])})")
     res["cells"] = cells(res)
+    res["cells_time"] = cells_time(res)
     for c in res["cells"]:
         med = "; ".join(f"{k} {fmt(v)}" for k, v in c["median"].items())
         log(f"  {c['target']:11} w={c['workers']} b={c['budget']:<4} median mainline regret: {med}")
@@ -185,6 +186,7 @@ def evo_search(t: Target, task: dict[str, Any]) -> dict[str, Any]:
     traj = []
     best_v, best_true = math.inf, None
     done = [x.datetime_complete.timestamp() if x.datetime_complete else 0.0 for x in screening]
+    vend = [float((x.user_attrs.get("metrics") or {}).get("virtual_end", math.nan)) for x in screening]  # the in-process clock
     for k, x in enumerate(screening):
         if x.state.name == "COMPLETE" and x.value is not None and x.value < best_v:
             best_v, best_true = x.value, true_of.commit(x.user_attrs["commit"])
@@ -193,7 +195,7 @@ def evo_search(t: Target, task: dict[str, Any]) -> dict[str, Any]:
         until = done[k + 1] if k + 1 < len(done) else math.inf
         live = [p for p in promos if p["time"] < until]
         main = true_of.commit(commit_of.get(live[-1]["index"], base_commit)) if live else true_of.commit(base_commit)
-        traj.append([k, best_true, main])
+        traj.append([k, best_true, main, vend[k]])
     ran = [x for x in trials if _ran(x)]
     cands = [x for x in trials if x.user_attrs.get("role") == "candidate" and x.user_attrs.get("commit")]
     tree_of = {int(x.user_attrs["index"]): x.user_attrs.get("tree") for x in trials if "index" in x.user_attrs}
@@ -303,10 +305,16 @@ def tpe(t: Target, task: dict[str, Any]) -> dict[str, Any]:
     study.enqueue_trial(t.constants())
     t0 = time.time()
     left = B + 1
+    clock, ends = 0.0, {}
     while left > 0:
         batch = [study.ask() for _ in range(min(W, left))]
+        secs = []
         for tr in batch:
-            study.tell(tr, t.observed(tpe_params(tr, space), seed))
+            C = tpe_params(tr, space)
+            study.tell(tr, t.observed(C, seed))
+            secs.append(t.duration(C, seed))
+        clock += max(secs)  # the next batch is asked when the whole batch is told
+        ends.update({tr.number: clock for tr in batch})
         left -= len(batch)
     wall = time.time() - t0
     trials = sorted(study.trials, key=lambda x: x.number)
@@ -314,7 +322,7 @@ def tpe(t: Target, task: dict[str, Any]) -> dict[str, Any]:
     for k, x in enumerate(trials):
         if x.value is not None and x.value < best_v:
             best_v, best_true = x.value, t.true_value(x.params)
-        traj.append([k, best_true, None])
+        traj.append([k, best_true, None, ends[x.number]])
     best = min(trials, key=lambda x: (x.value, x.number))
     return {
         "target": t.name, "strategy": "tpe", "seed": seed, "workers": W, "sprt": False, "budget": B, "candidates": B,
@@ -411,6 +419,48 @@ def cells(res: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def mainline_at_time(traj: list[list[Any]], t: float) -> float | None:
+    """The mainline regret (TPE: best seen) after the last screening evaluation that finished by virtual time t."""
+    rows = [r for r in traj if len(r) > 3 and r[3] is not None and r[3] <= t + 1e-9]
+    if not rows:
+        return traj[0][2] if traj[0][2] is not None else traj[0][1]
+    r = rows[-1]
+    return r[2] if r[2] is not None else r[1]
+
+
+def cells_time(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Equal wall time: per (target, workers, budget b), every search read at the same virtual time T, the median over
+    the cell's searches of the time their b-th screening evaluation finished. Population against the others, paired
+    by seed, Holm over these tests only (a family of its own: the equal-evaluation tests above are the ones that decide)."""
+    recs = res["searches"]
+    out = []
+    for tname in dict.fromkeys(r["target"] for r in recs):
+        for w in dict.fromkeys(r["workers"] for r in recs):
+            sub = [r for r in recs if r["target"] == tname and r["workers"] == w and all(len(x) > 3 for x in r["trajectory"])]
+            if not sub:
+                continue
+            for b in res["params"]["budgets"]:
+                times = [r["trajectory"][min(b, len(r["trajectory"]) - 1)][3] for r in sub]
+                times = [x for x in times if x is not None and math.isfinite(x)]
+                if not times:
+                    continue
+                T = statistics.median(times)
+                strategies = list(dict.fromkeys(r["strategy"] for r in sub))
+                vals = {s: {r["seed"]: mainline_at_time(r["trajectory"], T) for r in sub if r["strategy"] == s} for s in strategies}
+                seeds = sorted(set.intersection(*(set(v) for v in vals.values())))
+                cell: dict[str, Any] = {"target": tname, "workers": w, "budget": b, "virtual_time": T, "seeds": len(seeds),
+                                        "median": {s: statistics.median(v[k] for k in seeds) if seeds else None for s, v in vals.items()},
+                                        "tests": {}}
+                for o in strategies:
+                    if o != "population" and "-" not in o and "population" in vals:
+                        cell["tests"][f"population vs {o}"] = wilcoxon([vals["population"][k] for k in seeds], [vals[o][k] for k in seeds])
+                out.append(cell)
+    tests = [(c, k) for c in out for k in c["tests"]]
+    for (c, k), adj in zip(tests, holm([c["tests"][k]["p"] for c, k in tests])):
+        c["tests"][k]["p_holm"] = adj
+    return out
+
+
 def crossover_stats(recs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per target and workers: crossover children, those that differ from both parents, duplicates' share."""
     out: dict[str, Any] = {}
@@ -449,6 +499,11 @@ def table(res: dict[str, Any]) -> list[tuple[str, str]]:
         med = "; ".join(f"{s} {fmt(v)}" for s, v in c["median"].items())
         tests = "; ".join(f"{k}: p_holm {fmt(t.get('p_holm'))} ({t['wins']}-{t['losses']})" for k, t in c["tests"].items())
         rows.append((f"median mainline regret {c['target']}, {c['workers']} worker(s), {c['budget']} evaluations", f"{med} | {tests}"))
+    for c in res.get("cells_time", []):
+        med = "; ".join(f"{s} {fmt(v)}" for s, v in c["median"].items())
+        tests = "; ".join(f"{k}: p_holm {fmt(t.get('p_holm'))} ({t['wins']}-{t['losses']})" for k, t in c["tests"].items())
+        rows.append((f"equal wall time {c['target']}, {c['workers']} worker(s), virtual {fmt(c['virtual_time'])} s "
+                     f"(~{c['budget']} evaluations)", f"{med} | {tests}"))
     for key, e in res.get("crossover", {}).items():
         if e["crossovers"] or e["duplicates"]:
             rows.append((f"crossover {key}", f"{e['new_crossovers']}/{e['crossovers']} crossover children new code; "
@@ -523,6 +578,7 @@ def merge(out: Path, dirs: list[Path]) -> dict[str, Any]:
     params["workers"] = sorted({r["workers"] for r in searches})
     res: dict[str, Any] = {"params": params, "searches": searches, "merged_from": [str(d) for d in dirs]}
     res["cells"] = cells(res)
+    res["cells_time"] = cells_time(res)
     res["crossover"] = crossover_stats(searches)
     out.mkdir(parents=True, exist_ok=True)
     plot(res, out)

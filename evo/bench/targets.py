@@ -148,10 +148,14 @@ class Target:
         f = float(ns["objective"](dict(C)) + ns["noise"](dict(C), job.seed))
         steps = ns["STEPS"]
         curve = [(round(k / steps, 3), round(f + ns["CURVE"] * (1.0 - k / steps) + ns["jitter"](C, job.seed, k), 6)) for k in range(1, steps + 1)]
-        seconds = 1.0
-        if self.durations:  # the same code on the same seed takes the same time; order varies between candidates
-            seconds = math.exp(random.Random(f"{_key(C)}:{job.seed}").gauss(0.0, self.durations))
-        return Evaluation(value=round(f, 6), seconds=seconds, progress=curve)
+        return Evaluation(value=round(f, 6), seconds=self.duration(C, job.seed), progress=curve)
+
+    def duration(self, C: dict[str, Any], seed: int) -> float:
+        """Virtual seconds a run of these constants takes: lognormal (`durations` sigma), fixed per code and seed,
+        so the order results come back in varies between candidates; one second each when `durations` is 0."""
+        if not self.durations:
+            return 1.0
+        return math.exp(random.Random(f"{_key(C)}:{seed}").gauss(0.0, self.durations))
 
     def constants(self) -> dict[str, Any]:
         return constants_of(self.files)
