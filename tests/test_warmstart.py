@@ -8,6 +8,7 @@ cold runs of the same commands beside them.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -68,7 +69,8 @@ def base_env(cache: Path, secrets_in_evo: None) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def torch_zygote(base_env: dict[str, str]) -> Any:
-    pytest.importorskip("torch")
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed")
     notes: list[str] = []
     z = warm.Zygote(["torch", "numpy"], base_env, log=notes.append)  # imports torch while the first (cold) run goes
     z.notes = notes  # type: ignore[attr-defined]
@@ -444,3 +446,18 @@ def test_the_default_config_preloads_torch_and_numpy_and_defaults_to_none(tmp_pa
     assert load(cfg).target.preload == ()
     template = RunTemplate.from_target(load(ROOT / "configs" / "default.toml").target, cache_dir="")
     assert template.preload == ("torch", "numpy") and warm.script_argv(template.command) == [PY, "model/train.py"]
+
+
+def test_the_bench_part_reads_its_rows() -> None:
+    """`evo bench --only warmstart` (its runs take minutes: here only its arithmetic and table)."""
+    from evo.bench import run as bench_run
+    from evo.bench import warmstart as part
+
+    assert bench_run.parts_of(["warmstart"]) == ["warmstart"] and "warmstart" not in bench_run.DEFAULT_PARTS
+    rows = [{"how": how, "i": i, "wall_s": wall, "runner_s": wall - 0.1, "startup_s": st, "eval_s": 0.4, "train_wall_s": 4.0,
+             "budget_s": 4.1, "outside_script_s": 0.2, "steps": 60, "loadavg": [1.0, 1.0, 1.0]}
+            for i in range(3) for how, wall, st in (("cold", 7.0, 1.5), ("warm", 5.0, 0.05))]
+    s = part.summarise(rows)
+    assert s["cold"]["train_fraction"] == round(4.0 / 7.0, 4) and s["warm"]["not_training_s"] == 1.0 and s["saved_s"] == 2.0
+    table = dict(part.table({"status": "ok", "params": {"time_budget": 4.0}, **s}))
+    assert table["model/ warm run, 4 s box (median of 3)"].startswith("wall 5 s, training 80% of it")

@@ -39,6 +39,16 @@ import traceback
 PAD = "EVO_ZYGOTE_PAD"  # the variable that reserves room in the environment block
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+PR_SET_DUMPABLE = 4
+
+
+def _dumpable(on):
+    """Off in the zygote: a run (same user) cannot ptrace it or write its memory to reach later runs.
+    Back on in each run, as a cold run has it (evo's token scan reads /proc/PID/environ)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1 if on else 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _env_area():
@@ -93,6 +103,7 @@ def main():
                      "(forking would copy their locks)"})
         return
     gc.freeze()  # the preloaded objects: never scanned by a run's collections, never copied by them
+    _dumpable(False)
     sys.stdout.flush()
     sys.stderr.flush()
     _send(ctrl, {"ok": True, "pid": os.getpid(), "capacity": end - start, "added": added,
@@ -180,6 +191,7 @@ def _child(req, out_fd, sockets, pipe, added, area):
         for fd in pipe:
             os.close(fd)
         os.setsid()
+        _dumpable(True)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(out_fd, 1)
