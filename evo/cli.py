@@ -125,10 +125,10 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: $EVO_STORAGE, else ./results/evo.db)")
     pr.set_defaults(func=cmd_promote)
 
-    b = sub.add_parser("bench", help="benchmarks: engine overhead, utilisation, search quality, SPRT")
+    b = sub.add_parser("bench", help="benchmarks: engine overhead, utilisation, search quality, SPRT, model/ runs cold and warm")
     b.add_argument("--quick", action="store_true", help="the CI-sized run, under 2 minutes (default: the full run)")
     b.add_argument("--out", type=Path, default=Path("results/bench"), help="folder for JSON and PNG (default: results/bench)")
-    b.add_argument("--only", action="append", help="run only these parts: overhead, utilisation, quality, statistics, model; "
+    b.add_argument("--only", action="append", help="run only these parts: overhead, utilisation, quality, statistics, model, warmstart; "
                                                    "repeat for several (default: all)")
     b.set_defaults(func=cmd_bench)
 

@@ -1,8 +1,9 @@
 """`evo bench`: run the benchmark parts, write JSON and PNG under --out, print a summary table.
 
 Parts: overhead, utilisation, quality, statistics (the default set, also with --quick), and model
-(only when named: `--only model`). Each part writes <out>/<part>.json and its PNG; <out>/bench.json
-holds every part's latest result (a later `--only X` replaces X's section and keeps the others).
+and warmstart (only when named: `--only model`, `--only warmstart`). Each part writes
+<out>/<part>.json and its PNG; <out>/bench.json holds every part's latest result (a later
+`--only X` replaces X's section and keeps the others).
 
 Sizes: --quick is the CI-sized run (under 2 minutes on a 2-core machine); without it, the full
 run. EVO_BENCH_SIZES='{"quality": {"seeds": 5}}' overrides single sizes of a part (the keys of
@@ -22,7 +23,7 @@ from typing import Any
 from evo.bench.common import clean, loadavg, machine, warm_imports, write_json
 
 DEFAULT_PARTS = ("overhead", "utilisation", "quality", "statistics")
-ALL_PARTS = DEFAULT_PARTS + ("model",)
+ALL_PARTS = DEFAULT_PARTS + ("model", "warmstart")
 
 
 def parts_of(only: list[str] | None) -> list[str]:
@@ -55,7 +56,7 @@ def sizes_from_env() -> dict[str, dict[str, Any]]:
 def bench(quick: bool, out: Path, parts: list[str], seed: int = 0, sizes: dict[str, dict[str, Any]] | None = None,
           log: Any = print, n_jobs: int | None = None) -> dict[str, Any]:
     """Run the parts; return {part: result} plus 'meta'. Writes JSON and PNG files under out."""
-    from evo.bench import modelcmp, overhead, quality, statistics, utilisation
+    from evo.bench import modelcmp, overhead, quality, statistics, utilisation, warmstart
 
     sizes = sizes or {}
     out = out.resolve()
@@ -79,6 +80,9 @@ def bench(quick: bool, out: Path, parts: list[str], seed: int = 0, sizes: dict[s
             files = quality.plot(res, out)
         elif part == "statistics":
             res = statistics.run(quick, out, seed, **kw)
+            files = []
+        elif part == "warmstart":
+            res = warmstart.run(quick, out, seed, **kw)
             files = []
         else:
             res = modelcmp.run(quick, out, seed, **kw)
@@ -106,10 +110,10 @@ def bench(quick: bool, out: Path, parts: list[str], seed: int = 0, sizes: dict[s
 
 
 def summary_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
-    from evo.bench import modelcmp, overhead, quality, statistics, utilisation
+    from evo.bench import modelcmp, overhead, quality, statistics, utilisation, warmstart
 
     tables = {"overhead": overhead.table, "utilisation": utilisation.table, "quality": quality.table, "statistics": statistics.table,
-              "model": modelcmp.table}
+              "model": modelcmp.table, "warmstart": warmstart.table}
     rows: list[tuple[str, str]] = []
     for part, fn in tables.items():
         if part in results:
