@@ -254,6 +254,24 @@ def test_a_warm_run_is_killed_with_all_it_started_on_timeout(small_zygote: warm.
     assert small_zygote.ready()  # the zygote itself is untouched
 
 
+def test_a_resume_kills_the_warm_runs_a_killed_evo_left(small_zygote: warm.Zygote, base_env: dict[str, str], tmp_path: Path) -> None:
+    """After kill -9, the next `evo search` kills the study's runs by their token (kill_leftovers reads
+    /proc/PID/environ): a forked run carries its token there, not the zygote's environment."""
+    from evo.runner import kill_leftovers
+
+    spec = script_spec(tmp_path, "import time\nprint('started', flush=True)\ntime.sleep(300)\n", base_env, timeout=60)
+    got: list[RunResult] = []
+    t = threading.Thread(target=lambda: got.append(run_warm(spec, small_zygote)))
+    t.start()
+    deadline = time.monotonic() + 20
+    while "started" not in (spec.log_path.read_text() if spec.log_path.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert kill_leftovers(spec.log_path.parent) == 1  # the run itself, found by its token
+    t.join(timeout=20)
+    assert got and got[0].outcome == "crashed" and got[0].returncode == -signal.SIGKILL
+    assert small_zygote.ready()  # the zygote carries no token: untouched
+
+
 def test_a_warm_run_stopped_by_cancel_is_interrupted(small_zygote: warm.Zygote, base_env: dict[str, str], tmp_path: Path) -> None:
     spec = script_spec(tmp_path, "import time\nprint('progress: 0.5 score: 1', flush=True)\ntime.sleep(300)\n", base_env, timeout=60)
     cancel = threading.Event()
@@ -461,3 +479,4 @@ def test_the_bench_part_reads_its_rows() -> None:
     assert s["cold"]["train_fraction"] == round(4.0 / 7.0, 4) and s["warm"]["not_training_s"] == 1.0 and s["saved_s"] == 2.0
     table = dict(part.table({"status": "ok", "params": {"time_budget": 4.0}, **s}))
     assert table["model/ warm run, 4 s box (median of 3)"].startswith("wall 5 s, training 80% of it")
+    assert s["warm"]["train_cpu_fraction"] is None  # rows without CPU seconds

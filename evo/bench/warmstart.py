@@ -12,6 +12,9 @@ seeds on both, so both see the same machine load. Per run:
   evaluation); what is left of the runner's seconds is the interpreter's start and exit;
 - the training fraction: training steps' wall / wall (and the issue's figure, the budget's
   seconds / wall);
+- the run's CPU seconds (a cold run: this process's reaped children; a warm one: what the zygote's
+  wait4 reports) and the training steps' share of them: the wall fraction an idle core would
+  show, measured on a loaded one;
 - the load average beside each.
 
 A probe splits a cold startup further: interpreter start, `import numpy`, `import torch`, the data
@@ -88,7 +91,8 @@ def run(quick: bool, out: Path, seed: int = 0, sizes: dict[str, Any] | None = No
             log(f"  {how}: wall {fmt(s['wall_s'])} s per run (runner {fmt(s['runner_s'])} s), training {fmt(s['train_wall_s'])} s "
                 f"= {fmt(100 * s['train_fraction'], 3)}% of wall (budget/wall {fmt(100 * s['budget_fraction'], 3)}%), not training "
                 f"{fmt(s['not_training_s'])} s (startup {fmt(s['startup_s'])}, evaluation {fmt(s['eval_s'])}, outside the script "
-                f"{fmt(s['outside_script_s'])}), load {s['loadavg']}")
+                f"{fmt(s['outside_script_s'])}), CPU {fmt(s['cpu_s'])} s of which training {fmt(100 * (s['train_cpu_fraction'] or 0), 3)}%, "
+                f"load {s['loadavg']}")
     return res
 
 
@@ -134,17 +138,19 @@ def runs(root: Path, repo: Path, cache: Path, work: Path, p: dict[str, Any], see
                 ex = executors[how]
                 load = loadavg()
                 job = Job(i, head, seed + i, "baseline", work / "logs" / f"{how}-{i}.log")
+                cpu0 = _children_cpu() + (ex.zygote.run_cpu_seconds if ex.zygote else 0.0)
                 t = time.monotonic()
                 ex.submit(job)
                 done: list[Any] = []
                 while not done:
                     done = ex.wait(timeout=1.0)
                 wall = time.monotonic() - t
+                cpu = _children_cpu() + (ex.zygote.run_cpu_seconds if ex.zygote else 0.0) - cpu0
                 r = done[0].result
                 text = job.log_path.read_text(errors="replace") if job.log_path.exists() else ""
                 s = {m[1]: m[2] for m in SUMMARY.finditer(text)}
                 row = {"how": how, "i": i, "seed": seed + i, "outcome": r.outcome, "val_bpb": r.value, "wall_s": round(wall, 3),
-                       "runner_s": round(r.seconds, 3), "loadavg": load}
+                       "runner_s": round(r.seconds, 3), "cpu_s": round(cpu, 3), "loadavg": load}
                 try:
                     total, startup, evals = float(s["total_seconds"]), float(s["startup_seconds"]), float(s["eval_seconds"])
                     budget = float(s["training_seconds"]) + float(s["warmup_seconds"])
@@ -165,6 +171,14 @@ def runs(root: Path, repo: Path, cache: Path, work: Path, p: dict[str, Any], see
     return out
 
 
+def _children_cpu() -> float:
+    """CPU seconds of this process's reaped children: a cold run (bash and its python) and the export's git."""
+    import resource
+
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     res: dict[str, Any] = {}
     for how in ("cold", "warm"):
@@ -178,6 +192,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                     "not_training_s": round(statistics.median(r["wall_s"] - r["train_wall_s"] for r in ok), 3),
                     "train_fraction": round(statistics.median(r["train_wall_s"] / r["wall_s"] for r in ok), 4),
                     "budget_fraction": round(statistics.median(r["budget_s"] / r["wall_s"] for r in ok), 4),
+                    # load-independent: the training steps' CPU seconds (the cpu-clock budget) over the run's whole CPU
+                    # (what the wall fraction is on an idle core, where a single-threaded run's wall is its CPU time)
+                    "cpu_s": round(statistics.median(r.get("cpu_s", 0.0) for r in ok), 3),
+                    "train_cpu_fraction": round(statistics.median(r["budget_s"] / r["cpu_s"] for r in ok if r.get("cpu_s")), 4)
+                    if any(r.get("cpu_s") for r in ok) else None,
                     "loadavg": round(statistics.median(r["loadavg"][0] for r in ok if r["loadavg"]), 2) if any(r["loadavg"] for r in ok) else None}
     if "cold" in res and "warm" in res:
         res["saved_s"] = round(res["cold"]["wall_s"] - res["warm"]["wall_s"], 3)
@@ -194,7 +213,8 @@ def table(res: dict[str, Any]) -> list[tuple[str, str]]:
         if s:
             rows.append((f"model/ {how} run, {budget:g} s box (median of {s['n']})",
                          f"wall {fmt(s['wall_s'])} s, training {fmt(100 * s['train_fraction'], 3)}% of it, "
-                         f"not training {fmt(s['not_training_s'])} s, load {s['loadavg']}"))
+                         f"not training {fmt(s['not_training_s'])} s; CPU {fmt(s.get('cpu_s'))} s, training "
+                         f"{fmt(100 * (s.get('train_cpu_fraction') or 0), 3)}% of it; load {s['loadavg']}"))
     ph = res.get("probe")
     if ph:
         rows.append(("model/ cold startup parts (s)", f"interpreter {fmt(ph['interpreter_s'])}, numpy {fmt(ph['import_numpy_s'])}, "

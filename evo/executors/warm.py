@@ -64,11 +64,14 @@ class WarmProcess:
     """A forked run, seen as the runner sees a subprocess.Popen: pid, stdout, poll(), wait(), returncode.
     Its exit status comes from the zygote (its parent) over the run's own socket."""
 
-    def __init__(self, pid: int, args: list[str], out_fd: int, status: socket.socket) -> None:
+    def __init__(self, pid: int, args: list[str], out_fd: int, status: socket.socket,
+                 on_exit: Callable[[WarmProcess], None] | None = None) -> None:
         self.pid, self.args = pid, args
         self.stdout = open(out_fd, "rb")
         self.returncode: int | None = None
+        self.cpu_seconds: float | None = None  # user + system, from the zygote's wait4
         self.lost = False  # the zygote died before it reported this run's exit
+        self._on_exit = on_exit
         self._status: socket.socket | None = status
         self._lock = threading.Lock()
 
@@ -88,10 +91,14 @@ class WarmProcess:
                 data = b""
             if data:
                 try:
-                    self.returncode = int(json.loads(data)["exit"])
+                    msg = json.loads(data)
+                    self.returncode = int(msg["exit"])
+                    self.cpu_seconds = float(msg.get("cpu", 0.0))
                 except (ValueError, KeyError, TypeError):
                     self.returncode = LOST
                 self._close_status()
+                if self._on_exit is not None:
+                    self._on_exit(self)
                 return
             self._close_status()  # EOF without an exit: the zygote is gone
             self.lost = True
@@ -147,6 +154,7 @@ class Zygote:
         self.why_off = ""  # why runs start cold now ('' while the zygote is usable)
         self.warm_runs = 0
         self.cold_runs = 0
+        self.run_cpu_seconds = 0.0  # summed over the forked runs that ended (the benchmark reads it)
         self._noted: set[str] = set()
         self._lock = threading.Lock()
         self._state = "starting"  # starting | ready | off
@@ -289,7 +297,11 @@ class Zygote:
                 self._off(self._died() if self.proc is not None and self.proc.poll() is not None else "the zygote did not fork the run")
             return None
         mine.settimeout(None)
-        return WarmProcess(pid, argv, out_r, mine)
+        return WarmProcess(pid, argv, out_r, mine, on_exit=self._ended)
+
+    def _ended(self, proc: WarmProcess) -> None:
+        with self._lock:
+            self.run_cpu_seconds += proc.cpu_seconds or 0.0
 
     # -- end -------------------------------------------------------------------------------------------
     def _stop(self) -> None:

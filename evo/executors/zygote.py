@@ -9,7 +9,7 @@ Protocol (an AF_UNIX SOCK_SEQPACKET socket on FD, one JSON document per message)
 - evo sends one message per run, {"argv", "cwd", "env", "memory_limit_mb", "no_network"}, with
   two file descriptors: the write end of the pipe evo reads the run's output from, and a
   socket of the run's own on which the zygote sends {"pid": n} once it has forked, then
-  {"exit": returncode} (Popen's convention: -N for signal N) when the run ends;
+  {"exit": returncode, "cpu": seconds} (Popen's convention: -N for signal N) when the run ends;
 - EOF on FD (evo closed it or died): the zygote exits. Runs it forked are not its to stop:
   evo kills them by process group and by token, as it does cold runs.
 
@@ -165,15 +165,15 @@ def serve(ctrl, added, area):
 def _reap(runs):
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
         sock = runs.pop(pid, None)
         if sock is not None:
-            try:
-                _send(sock, {"exit": os.waitstatus_to_exitcode(status)})
+            try:  # cpu: the run's CPU seconds, with those of the children it waited for
+                _send(sock, {"exit": os.waitstatus_to_exitcode(status), "cpu": round(usage.ru_utime + usage.ru_stime, 4)})
             except (OSError, ValueError):
                 pass
             sock.close()
