@@ -62,6 +62,9 @@ class Judge:
         self.seeds = [seed + i for i in range(n)]  # EVO_SEED values; seeds[0] screens everyone
         self.noise: sprt.NoiseModel | None = None
         self.noiseless = False  # the replicates were identical: single-run promotion is exact
+        # per individual: (n, mean, sum of squares about the mean) of its unselected final losses
+        self._spread: dict[int, tuple[int, float, float]] = {}
+        self._ss, self._df = 0.0, 0
 
     @property
     def screen_seed(self) -> int:
@@ -84,7 +87,33 @@ class Judge:
     def delta(self) -> float:
         if self.cfg.delta > 0:
             return self.cfg.delta
-        return DELTA_SIGMAS * self.noise.sigma_final if self.noise is not None else float("nan")
+        return DELTA_SIGMAS * self.sigma if self.noise is not None else float("nan")
+
+    @property
+    def sigma(self) -> float:
+        """The sd of one run's final metric: pooled over every individual run on several seeds.
+
+        An individual's runs on different seeds are replicates of its code, so each one with two or
+        more measures the noise; the baseline's replicates alone (2 degrees of freedom) made two
+        studies of identical code pick deltas up to several times apart. A candidate's screening
+        run is left out: the gate selected it for being good, so it would inflate the spread."""
+        if self._df >= 1:
+            return math.sqrt(self._ss / self._df)
+        return self.noise.sigma_final if self.noise is not None else float("nan")
+
+    def observe(self, ind: Individual, seed: int) -> None:
+        """A finished run of `ind` on `seed`: add it to the pooled spread (Welford, O(1))."""
+        run = ind.runs.get(seed)
+        if run is None or run.outcome != COMPLETE or run.value is None or (seed == self.screen_seed and ind.index != 0):
+            return
+        x = self.direction.loss(run.value)
+        n, mean, m2 = self._spread.get(ind.index, (0, 0.0, 0.0))
+        n1 = n + 1
+        mean1 = mean + (x - mean) / n1
+        m21 = m2 + (x - mean) * (x - mean1)
+        self._spread[ind.index] = (n1, mean1, m21)
+        self._ss += m21 - m2
+        self._df += 1 if n >= 1 else 0
 
     def fit(self, baseline: Individual) -> sprt.NoiseModel | None:
         """The noise model from the baseline's replicate runs, once they are all in.

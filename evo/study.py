@@ -134,6 +134,9 @@ class Study:
         self.earlier_wall = float(self.archive.attrs.get("wall_seconds", 0.0))
         self.mainline.reconcile(self.pop)
         self.judge.fit(self.pop[0])
+        for ind in self.pop.values():
+            for seed in sorted(ind.runs):
+                self.judge.observe(ind, seed)
         self.data_fingerprint = str(self.archive.attrs.get("data_fingerprint", ""))
         for ind in sorted(self.pop.values(), key=lambda i: i.index):
             if ind.index > 0 and ind.status == Status.EVALUATED and not ind.decision:
@@ -213,6 +216,7 @@ class Study:
                                  progress=result.progress, metrics=result.metrics, seconds=result.seconds)
         self.spent_runs += 1
         self.spent_seconds += result.seconds
+        self.judge.observe(ind, job.seed)
         if job.seed == ind.screen_seed:
             ind.status = {COMPLETE: Status.EVALUATED, "pruned": Status.PRUNED}.get(result.outcome, Status.FAILED)
             ind.reason = result.reason

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import random
 
+import pytest
+
 from evo.config import SprtConfig
 from evo.individual import Direction, Individual, Run
 from evo.judge import Judge
@@ -37,17 +39,20 @@ def run_tests(gain: float, studies: int, per_study: int, keep: float, run_sd: fl
         base = Individual(index=0, commit="b", tree="b")
         for s in judge.replicate_seeds:
             add(base, s, world_run(rng, 10.0, s, 0, keep, run_sd, rep))
+            judge.observe(base, s)  # as Study.record does after every run
         assert judge.fit(base) is not None
         tests: list[tuple[Individual, Individual]] = []
         for k in range(1, per_study + 1):
             cand = Individual(index=k, commit=f"c{k}", tree=f"c{k}", parent_indices=(0,))
             add(cand, 0, world_run(rng, 10.0 - gain, 0, k, keep, run_sd, rep))
+            judge.observe(cand, 0)
             screened += 1
             if gate and judge.screen(cand, base) != "test":
                 continue
             while True:
                 for who, seed in judge.needed(cand, base):
                     add(who, seed, world_run(rng, 10.0 - (gain if who is cand else 0.0), seed, who.index, keep, run_sd, rep))
+                    judge.observe(who, seed)
                 verdict = judge.decide(cand, base, tests)
                 assert verdict is not None
                 if verdict.decision != "continue":
@@ -76,3 +81,24 @@ def test_a_clear_gain_is_accepted_and_the_gate_spends_little_on_no_gain() -> Non
     assert acc / n >= 0.8, (acc, n)
     _, tested, screened = run_tests(gain=0.0, studies=20, per_study=20, keep=0.5, run_sd=0.2, gate=True)
     assert tested / screened <= 0.15, (tested, screened)  # most no-gain candidates cost one run
+
+
+def test_delta_comes_from_every_unselected_replicate_in_the_study() -> None:
+    """sigma pools the spread of every individual run on several seeds; a candidate's screening run
+    (selected by the gate) is left out, the baseline's is not."""
+    judge = Judge(SprtConfig(replicates=3), Direction.MAXIMIZE, seed=10)
+    base, cand = Individual(index=0, commit="b", tree="b"), Individual(index=1, commit="c", tree="c")
+    values = [(base, {10: 1.0, 11: 1.4, 12: 0.9}), (cand, {10: 9.0, 11: 2.0, 13: 2.6, 14: 1.7})]
+    for ind, runs in values:
+        for seed, v in runs.items():
+            add(ind, seed, v)
+            judge.observe(ind, seed)
+    assert judge.fit(base) is not None
+    kept = [[1.0, 1.4, 0.9], [2.0, 2.6, 1.7]]  # the candidate's screening run (seed 10, 9.0) is not evidence of noise
+    ss = sum(sum((x - sum(k) / len(k)) ** 2 for x in k) for k in kept)
+    assert judge.sigma == pytest.approx(math.sqrt(ss / 4))
+    assert judge.delta == pytest.approx(1.25 * judge.sigma)
+    assert judge.noise is not None and judge.sigma != pytest.approx(judge.noise.sigma_final)  # not the replicates' alone
+    fresh = Judge(SprtConfig(replicates=3), Direction.MAXIMIZE, seed=10)  # nothing observed: the replicates' sd
+    assert fresh.fit(base) is not None and fresh.sigma == pytest.approx(fresh.noise.sigma_final)
+
