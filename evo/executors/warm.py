@@ -293,6 +293,10 @@ class Zygote:
         if pid <= 0:
             os.close(out_r)
             mine.close()
+            if env.get("EVO_RUN_TOKEN"):  # it may have forked the run all the same: it must not run beside the cold start
+                from evo.runner import _kill_token
+
+                _kill_token(env["EVO_RUN_TOKEN"])
             with self._lock:
                 self._off(self._died() if self.proc is not None and self.proc.poll() is not None else "the zygote did not fork the run")
             return None
