@@ -407,6 +407,19 @@ def test_a_preload_that_cannot_be_imported_falls_back_to_cold(make_repo: Any, tm
     assert ex.zygote is not None and ex.zygote.proc is not None and ex.zygote.proc.poll() is not None  # it exited
 
 
+def test_a_preload_that_leaves_a_thread_running_is_refused(base_env: dict[str, str], tmp_path: Path) -> None:
+    """A module that starts a thread at import (a pool without an at-fork handler): forking next to it
+    could deadlock a run, so the zygote refuses and every run starts cold."""
+    (tmp_path / "spinner.py").write_text("import threading, time\nthreading.Thread(target=time.sleep, args=(300,), daemon=True).start()\n")
+    notes: list[str] = []
+    z = warm.Zygote(["json", "spinner"], {**base_env, "PYTHONPATH": str(tmp_path)}, log=notes.append)
+    try:
+        assert not z.ready()
+        assert len(notes) == 1 and "left 1 thread(s) running" in notes[0] and "runs start cold" in notes[0], notes
+    finally:
+        z.close()
+
+
 def test_a_command_that_is_not_a_python_script_starts_cold(make_repo: Any, tmp_path: Path) -> None:
     notes: list[str] = []
     ex, head = _executor(make_repo(), ("json",), notes, command=f"cd . && {PY} target.py")

@@ -285,10 +285,13 @@ class Zygote:
             os.close(out_w)
             theirs.close()
         mine.settimeout(FORK_TIMEOUT)
+        error = "the zygote did not fork the run"
         try:
             data = mine.recv(4096)
-            pid = int(json.loads(data)["pid"]) if data else 0
-        except (OSError, ValueError, KeyError, TypeError):
+            reply = json.loads(data) if data else {}
+            error = str(reply.get("error") or error)
+            pid = int(reply.get("pid", 0))
+        except (OSError, ValueError, TypeError, AttributeError):
             pid = 0
         if pid <= 0:
             os.close(out_r)
@@ -298,7 +301,7 @@ class Zygote:
 
                 _kill_token(env["EVO_RUN_TOKEN"])
             with self._lock:
-                self._off(self._died() if self.proc is not None and self.proc.poll() is not None else "the zygote did not fork the run")
+                self._off(self._died() if self.proc is not None and self.proc.poll() is not None else error)
             return None
         mine.settimeout(None)
         return WarmProcess(pid, argv, out_r, mine, on_exit=self._ended)

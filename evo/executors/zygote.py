@@ -150,6 +150,15 @@ def serve(ctrl, added, area):
             os.close(out_fd)
             status.close()
             continue
+        threads = len(os.listdir("/proc/self/task"))
+        if threads > 1:  # a thread appeared since the start: no run is forked next to it
+            try:
+                _send(status, {"error": f"the zygote has {threads} threads (forking would copy their locks)"})
+            except OSError:
+                pass
+            os.close(out_fd)
+            status.close()
+            continue
         own = [ctrl, status, *runs.values()]
         pid = os.fork()
         if pid == 0:
