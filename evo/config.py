@@ -57,7 +57,7 @@ class SearchConfig:
     population: int = 8
     generations: int = 40
     workers: int = 1
-    crossover_rate: float = 0.1  # the quality bench chose it (docs/bench.md)
+    crossover_rate: float = 0.3  # the quality bench chose it (docs/bench.md)
     mutation_rate: float = 0.2  # a crossover child is also mutated with this probability
     tournament_size: int = 3
     elites: int = 2  # HallOfFame size kept in every generation
@@ -66,7 +66,7 @@ class SearchConfig:
     steady_state: bool = True  # refill a worker as soon as it frees (no generation barrier)
     exploit: float = 0.9  # population: chance a parent is the incumbent (else a power-law draw by rank)
     rank_power: float = 1.0  # population: a parent of rank r (0 = best) is drawn with weight (r + 1) ** -rank_power
-    merge_side_lines: bool = False  # population: merge improving lines the incumbent lacks into it, once per pair
+    merge_side_lines: bool = True  # population: merge improving lines the incumbent lacks into it, once per pair
     islands: int = 1  # population: children dealt round robin to this many islands, each breeding from its own best
     island_patience: int = 4  # population: an island whose best had this many children that failed takes the incumbent in
     tpe_rate: float = 0.0  # greedy and population: chance a mutation child is proposed by TPE over the constants instead
@@ -83,7 +83,7 @@ class OperatorsConfig:
     mutation: str = "constants"  # constants | llm | agent
     conflict: str = "fitter"  # fitter | random | llm
     max_changes: int = 2  # constants operator: at most this many literals per child
-    step: float = 0.5  # constants operator: std of the log-scale step for positive floats
+    step: float = 1.0  # constants operator: scale of the log-scale step (the quality bench chose 1.0 over 0.5)
     program: str = ""  # research directions for LLM/agent prompts (e.g. model/program.md)
     duplicate_retries: int = 3  # a child whose code already exists is proposed again this many times
     step_dist: str = "cauchy"  # constants operator: cauchy (heavy-tailed) | gauss steps of scale `step`

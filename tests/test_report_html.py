@@ -32,9 +32,10 @@ from evo.inspect.html import batch_diffs
 ROOT = Path(__file__).resolve().parents[1]
 
 POP = {"search": {"strategy": "population", "population": 3, "generations": 3, "crossover_rate": 1.0, "tournament_size": 1,
-                  "exploit": 0.0}, "sprt": {"enabled": False}}  # exploit 0: parents drawn by rank, so lines diverge and cross
+                  "exploit": 0.0, "merge_side_lines": False}, "sprt": {"enabled": False},  # exploit 0: parents drawn by rank, so lines diverge and cross
+       "operators": {"step": 0.5}}  # the seeded studies were chosen under step 0.5 (the default before issue 15's last bench)
 STUDIES = {  # seeded: each makes what its tests need (promotions, crossovers); the tests read which from the archive
-    "sprt": {"study": {"seed": 3}, "search": {"strategy": "greedy", "generations": 12},
+    "sprt": {"study": {"seed": 3}, "search": {"strategy": "greedy", "generations": 12}, "operators": {"step": 0.5},
              "sprt": {"enabled": True, "replicates": 3, "max_pairs": 6, "delta": 0.2}},
     "pop-s1": {"study": {"seed": 1}, **POP},
     "pop-s2": {"study": {"seed": 3}, **POP, "search": {**POP["search"], "exploit": 0.3}},

@@ -287,7 +287,7 @@ def test_new_search_keys_are_validated_with_file_key_and_value(tmp_path: Path) -
 
 
 def test_islands_breed_from_their_own_best_and_a_stagnant_island_takes_the_incumbent_in() -> None:
-    cfg = SearchConfig(population=8, generations=5, workers=1, crossover_rate=0.0, exploit=1.0, islands=2, island_patience=2,
+    cfg = SearchConfig(population=8, generations=5, workers=1, crossover_rate=0.0, exploit=1.0, merge_side_lines=False, islands=2, island_patience=2,
                        step_spread=1.0)
     strat = Population(cfg, "minimize")
     # island 0: even indices, island 1: odd ones; #3 (island 1) is the incumbent, #2 is island 0's best

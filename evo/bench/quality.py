@@ -203,6 +203,7 @@ def evo_search(t: Target, task: dict[str, Any]) -> dict[str, Any]:
     new_xo = [x for x in xo if x.user_attrs.get("outcome") != "duplicate"
               and all(tree_of.get(int(i)) != x.user_attrs.get("tree") for i in x.user_attrs.get("parent_indices", []))]
     pure = [x for x in new_xo if x.user_attrs.get("operator") == "crossover"]
+    fell_back = [x for x in cands if x.user_attrs.get("planned") == "crossover"]  # planned crossovers the breeder mutated instead
     rec = {
         "target": t.name, "strategy": strat, "seed": task["seed"], "workers": W, "sprt": sprt, "budget": B,
         "candidates": summary["candidates"], "screening_runs": len(screening) - 1, "total_runs": len(ran) - 1,
@@ -210,7 +211,7 @@ def evo_search(t: Target, task: dict[str, Any]) -> dict[str, Any]:
         "wall_s": round(wall, 2), "virtual_s": round(ex.now, 2), "run_seconds": round(sum(float(x.user_attrs.get("run_seconds", 0)) for x in ran), 2),
         "regret_confirmed": confirmed - t.optimum, "regret_best_seen": true_of.commit(best.user_attrs["commit"]) - t.optimum,
         "observed_best": best.value, "baseline_regret": true_of.commit(base_commit) - t.optimum, "trajectory": traj,
-        "crossovers": len(xo), "new_crossovers": len(new_xo), "pure_new_crossovers": len(pure),
+        "crossovers": len(xo), "new_crossovers": len(new_xo), "pure_new_crossovers": len(pure), "planned_crossovers": len(xo) + len(fell_back),
         "at": at_budgets(traj, task.get("budgets", [B])),
     }
     rec["sprt_stats"] = sprt_stats(t, trials, attrs, true_of)
@@ -468,11 +469,13 @@ def crossover_stats(recs: list[dict[str, Any]]) -> dict[str, Any]:
         if r["strategy"] == "tpe":
             continue
         key = f"{r['target']} w={r['workers']} {r['strategy']}"
-        e = out.setdefault(key, {"crossovers": 0, "new_crossovers": 0, "pure_new_crossovers": 0, "duplicates": 0, "candidates": 0})
+        e = out.setdefault(key, {"crossovers": 0, "planned_crossovers": 0, "new_crossovers": 0, "pure_new_crossovers": 0,
+                                 "duplicates": 0, "candidates": 0})
         for k in ("crossovers", "new_crossovers", "pure_new_crossovers", "duplicates", "candidates"):
             e[k] += r.get(k, 0)
+        e["planned_crossovers"] += r.get("planned_crossovers", r.get("crossovers", 0))
     for e in out.values():
-        e["new_share"] = e["new_crossovers"] / e["crossovers"] if e["crossovers"] else None
+        e["new_share"] = e["new_crossovers"] / e["planned_crossovers"] if e["planned_crossovers"] else None
         e["duplicate_share"] = e["duplicates"] / e["candidates"] if e["candidates"] else None
     return out
 
