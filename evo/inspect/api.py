@@ -31,7 +31,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from evo.lineage import parse as parse_trailers
-from evo.archive import mask_url, open_storage, read_facts
+from evo.archive import mask_url, open_storage, read_facts, read_trials
 from evo.errors import EvoError, GitError
 from evo.individual import Direction
 
@@ -311,7 +311,7 @@ class EvoStudy(optuna.Study):
     def evo_trials(self) -> list[FrozenTrial]:
         """Every trial by number, read once (deepcopy=False: treat them as read-only)."""
         if self._trials is None:
-            self._trials = sorted(self.get_trials(deepcopy=False), key=lambda t: t.number)
+            self._trials = read_trials(self._storage, self._study_id)
         return self._trials
 
     @property
