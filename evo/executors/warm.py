@@ -31,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from evo.runner import _running  # whether a pid is alive and not a zombie (/proc/PID/stat)
+
 ZYGOTE = Path(__file__).with_name("zygote.py")
 PAD = "EVO_ZYGOTE_PAD"
 # Set per run after the fork; everything else in a run's environment must equal the zygote's
@@ -127,14 +129,6 @@ class WarmProcess:
                 time.sleep(step)
         assert self.returncode is not None
         return self.returncode
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
 
 
 def _stderr_note(line: str) -> None:
