@@ -3,31 +3,38 @@
 Each attempt is a real process running the real command line (`evo.cli.main`), killed with
 SIGKILL. To fit many kills in CI time, most attempts are forked from a warm "zygote" that has
 already imported evo (importing scipy and optuna costs more than a whole attempt); some are plain
-`python -m evo search` processes. Nothing in evo knows it is being tested: the moment of a kill
-is a random delay, or is chosen from outside by what evo does (a child's ref being written, a run
-of some role starting, the mainline ref moving, SQLite's journal coming and going).
+`python -m evo search` processes. Nothing in evo knows it is being tested. The moment of a kill
+is a random delay, or is aimed from outside at a phase by watching what evo does:
 
-A kill stops evo first (SIGSTOP: nothing more happens in it), notes the runs it has going (its
-child processes carry EVO_ROLE, EVO_INDIVIDUAL and EVO_SEED), then SIGKILLs it; the git commands
-it had started end on their own, as they would after a real kill. Then the state on disk must
-already be consistent (`Disk.check`), and what was going and what the disk holds say exactly
-which phases the kill hit. With two workers one kill can hit several at once:
+  startup    the study being made: evo is stepped from one SQLite write to the next (stopped as each
+             write's journal goes) until some, not all, of the facts that make a study are written;
+             or, once made, opened again (a random delay after the start)
+  commit     a child's ref being written (git's lock file under refs/heads/evo/<study>/c/)
+  run        a child's run going (a run process carries EVO_ROLE, EVO_INDIVIDUAL and EVO_SEED)
+  confirm    a confirmation run going
+  record     a child's run reported (its line printed), evo stopped before its trial is committed
+  decision   a candidate's trial committed, evo stepped and stopped before its decision is
+  promotion  the mainline ref being moved (git's main.lock), or the archive's list of promotions grown
+             before it (the wrong order, which must never happen)
 
-  startup    the study not open yet (the storage, the lock, rebuilding the state)
-  commit     a child's commit and ref written in this attempt, its run not started (breeding)
-  run        a baseline, replicate or candidate (screening) run going
-  confirm    a confirmation run (a promotion test's further seed) going
-  record     a run ended and was reported, its trial not written
-  decision   a candidate's screening trial written, its decision (test, untested, promote) not
-  promotion  the mainline ref moved, the archive's promotion list or the accept decision not written
+A kill stops evo first (SIGSTOP: nothing more happens in it), notes the runs it has going, then
+SIGKILLs it; the git commands it had started end on their own, as after any kill -9. Then the state
+on disk must already be consistent (`Disk.check`: no trial RUNNING or twice, every trial's commit
+its ref's and its genealogy its commit's, the facts of a made study all there, a decision only
+after its trial, the mainline ref before the archive's copy, no candidate promoted twice, each
+promotion commit on the previous one and the candidate), and what was going and what the disk
+holds say which phases the kill hit (`Disk.phases`; with two workers one kill can hit several).
+Every run also leaves a process of its own session behind (shipped shape), which the next start
+must kill.
 
-Two searches are killed: greedy with the statistics off and one worker (50 kills, compared at the
-end with an uninterrupted reference search), and the configuration that ships (a population, the
-statistics on, two workers), whose kills are steered until every phase above has been hit;
-tests/test_faults_ray.py kills the shipped shape again through the Ray executor.
+Two searches are killed: greedy with the statistics off and one worker (50 kills at random moments,
+compared at the end with an uninterrupted reference search), and the configuration that ships (a
+population, the statistics on, two workers), whose kills are aimed until every phase above has been
+hit at least once; tests/test_faults_ray.py kills the shipped shape again through the Ray executor.
 
 EVO_FAULT_KILLS (default 50) and EVO_FAULT_SEED (default 1) change the size and the draw;
-EVO_FAULT_SHIPPED_KILLS (default 0) adds random kills to the shipped search once every phase is hit.
+EVO_FAULT_SHIPPED_KILLS (default 0): kill the shipped search at least this often (at moments of any
+kind once every phase is hit).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -49,7 +57,7 @@ from typing import Any
 import optuna
 import pytest
 
-from conftest import ROOT, git, write_config
+from conftest import ROOT, TARGET, facts, git, write_config
 from evo.runner import owner_key
 
 KILLS = int(os.environ.get("EVO_FAULT_KILLS", "50"))
@@ -196,20 +204,42 @@ def run_of(env: dict[str, str]) -> Run | None:
     return int(env["EVO_INDIVIDUAL"]), int(env["EVO_SEED"]), env["EVO_ROLE"]
 
 
-def local_runs(pid: int) -> list[Run]:
-    """The runs evo (pid) has going: the local executor's runs are its children."""
-    return [r for c in children(pid) if (r := run_of(environ(c))) is not None]
+def local_runs(pid: int) -> dict[int, Run]:
+    """The runs evo (pid) has going, by process: its children (runs started cold) and its warm-start
+    zygote's children (runs forked warm, `[target] preload`)."""
+    found = {}
+    for c in children(pid):
+        if (r := run_of(environ(c))) is not None:
+            found[c] = r
+        elif warm_zygote(c):
+            found.update({g: r for g in children(c) if (r := run_of(environ(g))) is not None})
+    return found
 
 
-def ray_runs(cache: str) -> list[Run]:
-    """The runs going on this machine's Ray workers for the study whose EVO_CACHE is `cache`."""
-    found = set()
+def warm_zygote(pid: int) -> bool:
+    """Whether pid is evo's warm-start zygote (evo/executors/zygote.py), or a run it forked."""
+    try:
+        return any(arg.endswith(b"evo/executors/zygote.py") for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
+    except OSError:
+        return False
+
+
+def parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def ray_runs(cache: str) -> dict[int, Run]:
+    """The runs going on this machine's Ray workers for the study whose EVO_CACHE is `cache`, by process."""
+    found = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
             env = environ(int(name))
             if env.get("EVO_CACHE") == cache and "EVO_RAY_RUN" in env and (r := run_of(env)) is not None and alive(int(name)):
-                found.add(r)
-    return sorted(found)
+                found[int(name)] = r
+    return found
 
 
 def wait_until(pred: Callable[[], bool], limit: float, step: float = 0.001) -> bool:
@@ -221,8 +251,9 @@ def wait_until(pred: Callable[[], bool], limit: float, step: float = 0.001) -> b
     return False
 
 
-def stop_and_kill(pid: int, runs: Callable[[], list[Run]]) -> list[Run] | None:
-    """SIGSTOP evo, note the runs going, SIGKILL it; None if it had ended on its own.
+def stop_and_kill(pid: int, runs: Callable[[], dict[int, Run]], seen: dict[int, Run]) -> tuple[list[Run], list[Run]] | None:
+    """SIGSTOP evo, note the runs going and those ended but not collected yet (its zombie children that
+    were seen running: `seen`), SIGKILL it; None if it had ended on its own.
 
     Evo's other children (git commands) are left to end, as after any kill -9, before this returns."""
     try:
@@ -233,10 +264,12 @@ def stop_and_kill(pid: int, runs: Callable[[], list[Run]]) -> list[Run] | None:
     if not alive(pid):
         return None
     going = runs()
-    others = [c for c in children(pid) if run_of(environ(c)) is None]
+    kids = children(pid)
+    ended = [seen[c] for c in kids if c in seen and state(c) == "Z"]
+    others = [c for c in kids if c not in going and c not in seen]
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: not any(alive(c) for c in others), 60), "a command evo started never ended"
-    return going
+    return list(going.values()), ended
 
 
 # -- what is on disk ---------------------------------------------------------------------------
@@ -251,7 +284,8 @@ class Kill:
 
     text: str
     refs_before: set[int]
-    runs: list[Run]
+    runs: list[Run]  # going
+    ended: list[Run]  # ended, not collected by evo yet
 
 
 class Disk:
@@ -264,25 +298,31 @@ class Disk:
 
     @property
     def study(self) -> optuna.Study | None:
-        if self._study is None and self.storage.exists():
-            try:
-                self._study = optuna.load_study(study_name=self.name, storage=f"sqlite:///{self.storage}")
-            except KeyError:
-                return None  # killed before the study was created
+        if self._study is None and self.created():
+            self._study = optuna.load_study(study_name=self.name, storage=f"sqlite:///{self.storage}")
         return self._study
+
+    def created(self) -> bool:
+        """Whether the study exists, asked of SQLite itself: Optuna would create its tables in a storage that was
+        killed before it had them all, doing evo's work for it."""
+        if not self.storage.exists():
+            return False
+        db = sqlite3.connect(self.storage, timeout=60)
+        try:
+            return db.execute("SELECT 1 FROM studies WHERE study_name = ?", (self.name,)).fetchone() is not None
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return False
+            raise
+        finally:
+            db.close()
 
     def trials(self) -> list[optuna.trial.FrozenTrial]:
         return self.study.get_trials(deepcopy=False) if self.study else []
 
     def attrs(self) -> dict[str, Any]:
-        """The study's facts as evo reads them (decisions, promotions, ...), wherever evo keeps them."""
-        if not self.study:
-            return {}
-        try:
-            from evo.archive import read_facts
-        except ImportError:  # facts kept as plain user attrs
-            return dict(self.study.user_attrs)
-        return read_facts(self.study._storage, self.study._study_id)  # type: ignore[attr-defined]
+        """The study's facts as evo reads them (decisions, promotions, ...)."""
+        return facts(self.study) if self.study else {}
 
     def refs(self) -> dict[int, str]:
         out = git(self.repo, "for-each-ref", "--format=%(refname) %(objectname)", f"refs/heads/evo/{self.name}/c/")
@@ -291,8 +331,8 @@ class Disk:
     def mainline(self) -> list[tuple[int, float]]:
         """(index, value) of every promotion on the mainline, oldest first."""
         base = self.attrs().get("base_commit")
-        if not base:
-            return []
+        if not base or not git(self.repo, "for-each-ref", f"refs/heads/evo/{self.name}/main"):
+            return []  # killed before the study had them
         raw = git(self.repo, "log", "--first-parent", "--reverse",
                   "--format=%(trailers:key=Evo-Index,valueonly)%x00%(trailers:key=Evo-Value,valueonly)%x01",
                   f"{base}..refs/heads/evo/{self.name}/main")
@@ -322,8 +362,27 @@ class Disk:
                 assert branches.get(a["index"]) == a["commit"], f"trial {t.number}: ref of #{a['index']} is not its commit"
             else:
                 assert a["outcome"] in ("operator_failed", "rejected"), a
-        # the order of writes: a trial before its decision, the mainline ref before the archive's copy and the decision
+        # the archive and git tell one story: a trial's genealogy is its commit's (Evo-* trailers, git parents)
+        told = {}
+        if commits:
+            log = git(self.repo, "log", "--no-walk=unsorted", "--format=%H%x00%P%x00%B%x01", *sorted(commits))
+            for entry in log.split("\x01"):
+                if "\x00" in entry:
+                    sha, parents, msg = entry.strip().split("\x00", 2)
+                    told[sha] = (parents.split(), dict(re.findall(r"^Evo-([A-Za-z-]+): (.*)$", msg, re.M)))
+        for t in ts:
+            a = t.user_attrs
+            if a["commit"] and a["index"] > 0:
+                parents, trailers = told[a["commit"]]
+                said = (int(trailers["Index"]), trailers["Operator"], int(trailers["Generation"]),
+                        [int(x) for x in trailers["Parents"].split(",") if x], parents)
+                kept = (a["index"], a["operator"], a["generation"], list(a["parent_indices"]), list(a["parents"]))
+                assert kept == said, f"trial {t.number}: the archive says {kept}, the commit {said}"
+        # the order of writes: a made study's facts before its base commit, a trial before its decision, the mainline
+        # ref before the archive's copy and the decision
         attrs = self.attrs()
+        if "base_commit" in attrs:
+            assert CREATION <= set(attrs), f"the study has its base commit but not {sorted(CREATION - set(attrs))}"
         screened = {t.user_attrs["index"]: t for t in ts if t.user_attrs["role"] == "candidate" and t.user_attrs["seed"] == 0}
         decisions = attrs.get("decisions", {})
         early = [k for k in decisions if int(k) not in screened or screened[int(k)].user_attrs["outcome"] != "complete"]
@@ -331,6 +390,18 @@ class Disk:
         chain = self.mainline()
         promotions = [(p["index"], p["value"]) for p in attrs.get("promotions", [])]
         assert promotions == chain[:len(promotions)], f"the archive's promotions {promotions} are not the mainline's {chain}"
+        assert len({i for i, _ in chain}) == len(chain), f"a candidate promoted twice: {chain}"
+        if chain:  # each promotion commit has the previous mainline commit and the candidate's commit as parents
+            tip = attrs["base_commit"]
+            log = git(self.repo, "log", "--first-parent", "--reverse", "--format=%H %P%x00%(trailers:key=Evo-Candidate,valueonly)%x01",
+                      f"{tip}..refs/heads/evo/{self.name}/main")
+            for entry in log.split("\x01"):
+                if "\x00" not in entry:
+                    continue
+                shas, candidate = entry.strip().split("\x00")
+                sha, *parents = shas.split()
+                assert parents == [tip, candidate.strip()], f"promotion {sha[:8]}: parents {parents}, not [{tip[:8]}, {candidate.strip()[:8]}]"
+                tip = sha
         accepted = {int(k) for k, d in decisions.items() if d["decision"] == "accept"}
         assert accepted <= {i for i, _ in chain}, f"accepted but not on the mainline: {accepted - {i for i, _ in chain}}"
         assert all(screened[i].value == v for i, v in chain), "a promotion's value is not its candidate's screening value"
@@ -345,20 +416,26 @@ class Disk:
         done = {(t.user_attrs["index"], t.user_attrs["seed"]) for t in ts}
         hit = {"confirm" if role == "confirm" else "run" for i, s, role in kill.runs if (i, s) not in done}
         printed = {(int(m[1]), int(m[2] or 0)) for m in RUN_LINE.finditer(kill.text)}
-        if printed - done:
+        if printed - done or {(i, s) for i, s, _ in kill.ended} - done:
             hit.add("record")
         decisions = attrs.get("decisions", {})
-        if any(a["index"] > 0 and a["role"] == "candidate" and a["seed"] == 0 and a["outcome"] == "complete" and str(a["index"]) not in decisions
-               for a in (t.user_attrs for t in ts)):
+        if self.undecided(ts, attrs):
             hit.add("decision")
         chain = self.mainline()
         if len(chain) != len(attrs.get("promotions", [])) or (chain and decisions.get(str(chain[-1][0]), {}).get("decision") != "accept"):
             hit.add("promotion")
-        going = {i for i, _, _ in kill.runs}
+        going = {i for i, _, _ in kill.runs + kill.ended}
         for i in set(self.refs()) - kill.refs_before - {i for i, _ in done}:
             if i > 0 and i not in going and (i, 0) not in printed and not (self.logs / f"{i:05d}-seed0.log").exists():
                 hit.add("commit")  # bred in this attempt, its run never started
         return hit or {"between"}
+
+    def undecided(self, ts: list[optuna.trial.FrozenTrial] | None = None, attrs: dict[str, Any] | None = None) -> list[int]:
+        """Candidates whose screening run is recorded (complete) and who have no decision."""
+        ts = self.trials() if ts is None else ts
+        decisions = (self.attrs() if attrs is None else attrs).get("decisions", {})
+        return [a["index"] for a in (t.user_attrs for t in ts)
+                if a["index"] > 0 and a["role"] == "candidate" and a["seed"] == 0 and a["outcome"] == "complete" and str(a["index"]) not in decisions]
 
     def mean_run(self) -> float:
         secs = [float(t.user_attrs.get("run_seconds", 0.0)) for t in self.trials() if t.user_attrs.get("run_seconds")]
@@ -380,10 +457,23 @@ class Moment:
     """Waits, from outside, for the moment to kill one attempt (pid). Every wait gives up after
     `limit` seconds (the kill then comes anyway) or when evo ends on its own."""
 
-    def __init__(self, pid: int, disk: Disk, out: Path, rng: random.Random, unit: float, runs: Callable[[], list[Run]]) -> None:
-        self.pid, self.disk, self.out, self.rng, self.unit, self.runs = pid, disk, out, rng, unit, runs
+    def __init__(self, pid: int, disk: Disk, out: Path, rng: random.Random, unit: float, runs: Callable[[], dict[int, Run]],
+                 fresh: bool = False) -> None:
+        self.pid, self.disk, self.out, self.rng, self.unit, self._runs = pid, disk, out, rng, unit, runs
+        self.fresh = fresh  # the study is not made yet (no base commit): this attempt makes it
+        self.seen: dict[int, Run] = {}  # every run process seen, by pid
+        self.warm: set[int] = set()  # those forked warm
         self.refs = disk.repo / ".git" / "refs" / "heads" / "evo" / disk.name
         self.journal_file = disk.storage.with_name(disk.storage.name + "-journal")
+
+    def going(self) -> dict[int, Run]:
+        going = self._runs()
+        self.seen.update(going)
+        self.warm.update(p for p in going if warm_zygote(parent(p)))  # forked by evo's warm-start zygote
+        return going
+
+    def runs(self) -> list[Run]:
+        return list(self.going().values())
 
     def until(self, pred: Callable[[], bool], limit: float, step: float) -> bool:
         end = time.monotonic() + limit
@@ -399,8 +489,11 @@ class Moment:
         return self.until(lambda: f"study {self.disk.name}" in self.out.read_text(errors="replace"), 120, 0.005)
 
     def wait(self, mode: str, limit: float, delay: float = 0.0) -> None:
-        if mode == "early":  # while it opens the study
-            time.sleep(self.rng.uniform(0.0, delay))
+        if mode == "early":  # while it makes or opens the study
+            if self.fresh:
+                self.create(limit)
+            else:
+                time.sleep(self.rng.uniform(0.0, delay))
             return
         if not self.opened():
             return  # it ended (a crash is reported by the caller)
@@ -421,12 +514,21 @@ class Moment:
         self.until(lambda: bool(names() - known), limit, 0.0005)
 
     def main(self, limit: float) -> None:
-        """The mainline ref moving (git's main.lock, or the ref changed): in the middle of a promotion."""
+        """The mainline ref moving (git's main.lock, or the ref changed): in the middle of a promotion; or, if
+        evo wrote them the other way round, the archive's promotion list grown with the ref still in place."""
         tip = (self.refs / "main").read_bytes()
-        self.until(lambda: (self.refs / "main.lock").exists() or (self.refs / "main").read_bytes() != tip, limit, 0.0003)
+        known = len(self.disk.attrs().get("promotions", []))
+
+        def moving() -> bool:
+            return (self.refs / "main.lock").exists() or (self.refs / "main").read_bytes() != tip
+
+        def ahead(db: sqlite3.Connection) -> bool:
+            return len(read_fact(db, self.disk.name, "promotions") or []) > known and not moving()
+        self.step(ahead, limit, also=moving)
 
     def run(self, limit: float) -> None:
-        self.until(lambda: any(role != "confirm" for _, _, role in self.runs()), limit, 0.002)
+        """A child's screening run going (the baseline's runs are hit by the other moments early on)."""
+        self.until(lambda: any(role == "candidate" and i > 0 for i, _, role in self.runs()), limit, 0.002)
 
     def confirm(self, limit: float) -> None:
         self.until(lambda: any(role == "confirm" for _, _, role in self.runs()), limit, 0.002)
@@ -436,27 +538,120 @@ class Moment:
         self.until(self.journal_file.exists, limit, 0.0002)
 
     def record(self, limit: float) -> None:
-        """A run reported (its line printed): its trial is written next."""
-        seen = len(RUN_LINE.findall(self.out.read_text(errors="replace")))
-        self.until(lambda: len(RUN_LINE.findall(self.out.read_text(errors="replace"))) > seen, limit, 0.0003)
+        """A child's run reported (its line printed) and its trial not committed: evo is stopped as each such
+        line appears, and let go again if the trial was written all the same."""
+        end = time.monotonic() + limit
+        db = self.connect(limit)
+        if db is None:
+            return
+
+        def reported() -> set[tuple[int, int]]:
+            return {(int(m[1]), int(m[2] or 0)) for m in RUN_LINE.finditer(self.out.read_text(errors="replace")) if int(m[1]) > 0}
+        try:
+            seen = reported()
+            while self.until(lambda: bool(reported() - seen), end - time.monotonic(), 0.0003):
+                got = self.pause(db)
+                if got is None or got == "writing":
+                    return  # in the middle of its trial's write (the first after the line), or ended
+                if reported() - {(t.user_attrs["index"], t.user_attrs["seed"]) for t in self.disk.trials()}:
+                    return
+                seen = reported()
+                os.kill(self.pid, signal.SIGCONT)
+        finally:
+            db.close()
+
+    def pause(self, db: sqlite3.Connection) -> str | None:
+        """Stop evo: 'writing' if it is in the middle of an SQLite write (its journal is there: nothing of the
+        write is committed), 'quiet' if it holds no lock (what is committed can be read while it stays stopped);
+        None if it has ended."""
+        for _ in range(1000):
+            os.kill(self.pid, signal.SIGSTOP)
+            if not wait_until(lambda: state(self.pid) in ("T", "t", "Z", "X", ""), 30) or not alive(self.pid):
+                return None
+            if self.journal_file.exists():
+                return "writing"
+            try:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return "quiet"
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e):
+                    raise
+            os.kill(self.pid, signal.SIGCONT)  # SQLite drops the journal a moment before the lock: stop it again
+            time.sleep(0.0001)
+        raise AssertionError("evo kept the SQLite lock through 1000 stops")
+
+    def connect(self, limit: float) -> sqlite3.Connection | None:
+        if not self.until(self.disk.storage.exists, limit, 0.0002):
+            return None
+        return sqlite3.connect(f"file:{self.disk.storage}?mode=ro", uri=True, timeout=0)
+
+    def step(self, pred: Callable[[sqlite3.Connection], bool], limit: float, also: Callable[[], bool] = lambda: False) -> None:
+        """Step evo from one SQLite write to the next: stop it as each write's journal goes (so the committed
+        state can be read while nothing moves) and let it go on, until pred(a read-only connection) holds;
+        then leave it stopped, for the kill. `also`, watched all along, ends the wait too."""
+        end = time.monotonic() + limit
+        db = self.connect(limit)
+        if db is None:
+            return
+        try:
+            while time.monotonic() < end:
+                if not self.until(lambda: self.journal_file.exists() or also(), end - time.monotonic(), 0.0002) or also():
+                    return
+                if not self.until(lambda: not self.journal_file.exists() or also(), end - time.monotonic(), 0.0001) or also():
+                    return
+                got = self.pause(db)
+                if got is None or (got == "quiet" and pred(db)):
+                    return
+                os.kill(self.pid, signal.SIGCONT)
+        finally:
+            db.close()
 
     def decision(self, limit: float) -> None:
-        """A candidate's run ends; its trial is written (SQLite's journal comes and goes): before its decision is."""
-        def candidates() -> set[tuple[int, int]]:
-            return {(i, s) for i, s, role in self.runs() if role == "candidate" and i > 0}
-        if not self.until(lambda: bool(candidates()), limit, 0.002):
-            return
-        watched = candidates()
-        if not self.until(lambda: not watched & candidates(), limit, 0.0005):
-            return
-        journal = {"was": False, "seen": 0}
+        """Between a candidate's trial and its decision: a screened candidate has no decision."""
+        trials = [-1]
 
-        def written() -> bool:
-            now = self.journal_file.exists()
-            journal["seen"] += now and not journal["was"]
-            journal["was"] = now
-            return (journal["seen"] >= 1 and not now) or journal["seen"] >= 2
-        self.until(written, limit, 0.0002)
+        def undecided(db: sqlite3.Connection) -> bool:
+            n = db.execute("SELECT count(*) FROM trials").fetchone()[0]
+            if n == trials[0]:
+                return False
+            trials[0] = n
+            return bool(self.disk.undecided())
+        self.step(undecided, limit)
+
+    def create(self, limit: float) -> None:
+        """While the study is being made: some of the facts that make a study written, not all of them."""
+        k = self.rng.randint(1, len(CREATION) - 1)
+
+        def partly(db: sqlite3.Connection) -> bool:
+            return k <= len(written_facts(db, self.disk.name) & CREATION) < len(CREATION)
+        self.step(partly, limit)
+
+
+# the facts evo writes when it makes a study (evo.study.Study.load), `base_commit` last: a study that has it has all the rest
+CREATION = frozenset({"config", "repo", "namespace", "mainline", "metric", "direction", "strategy", "seed", "mutable", "fingerprint",
+                      "created", "base_commit"})
+
+
+def read_fact(db: sqlite3.Connection, name: str, key: str) -> Any:
+    """One fact of a study (an Optuna user attr, or the system attr evo:KEY), read with SQLite; None if not written."""
+    rows = db.execute("SELECT value_json FROM study_user_attributes a JOIN studies s ON a.study_id = s.study_id "
+                      "WHERE s.study_name = ? AND a.key = ? UNION ALL "
+                      "SELECT value_json FROM study_system_attributes a JOIN studies s ON a.study_id = s.study_id "
+                      "WHERE s.study_name = ? AND a.key = ?", (name, key, name, f"evo:{key}")).fetchall()
+    return json.loads(rows[0][0]) if rows else None
+
+
+def written_facts(db: sqlite3.Connection, name: str) -> set[str]:
+    """The names of the facts stored for a study (Optuna user attrs, or system attrs named evo:NAME), read with SQLite."""
+    try:
+        rows = db.execute("SELECT key FROM study_user_attributes a JOIN studies s ON a.study_id = s.study_id WHERE s.study_name = ? "
+                          "UNION SELECT key FROM study_system_attributes a JOIN studies s ON a.study_id = s.study_id WHERE s.study_name = ?",
+                          (name, name)).fetchall()
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return set()  # the tables are not made yet
+        raise
+    return {k.removeprefix("evo:") for (k,) in rows if ":" not in k.removeprefix("evo:")}
 
 
 # the greedy test's draw of moments
@@ -471,12 +666,13 @@ class Killed:
     generations: int  # the budget the search ended with
     seconds: float
     log: list[str]  # each kill's mode and the phases it hit
+    warm: int  # run processes seen that were forked warm
 
 
 def search_with_kills(zygote: Zygote, plain: Plain, cfg: Path, cwd: Path, disk: Disk, rng: random.Random,
                       choose: Callable[[Counter[str], int, int], str | None], *, plain_at: set[int] = frozenset(),  # type: ignore[assignment]
                       unit: Callable[[], float], delay: Callable[[str, bool, float], float], limit: Callable[[float], float],
-                      runs: Callable[[int], list[Run]] = local_runs, before: Callable[[], None] = lambda: None,
+                      runs: Callable[[int], dict[int, Run]] = local_runs, before: Callable[[], None] = lambda: None,
                       max_attempts: int = 200, grow: int = 10) -> Killed:
     """Kill and resume until `choose` says stop (None), then resume to the end.
 
@@ -489,6 +685,14 @@ def search_with_kills(zygote: Zygote, plain: Plain, cfg: Path, cwd: Path, disk: 
     generations = int(re.search(r"generations = (\d+)", cfg.read_text())[1])  # type: ignore[index]
     kills = attempt = 0
     log: list[str] = []
+    warm = 0
+    made: dict[int, str] = {}  # every child ref seen so far: a child's ref is written once and never moves
+
+    def refs_stay() -> None:
+        refs = disk.refs()
+        moved = {i: (made[i][:8], sha[:8]) for i, sha in refs.items() if made.get(i, sha) != sha}
+        assert not moved, f"children's refs moved (was, now): {moved}"
+        made.update(refs)
     t = time.time()
     while True:
         attempt += 1
@@ -499,26 +703,37 @@ def search_with_kills(zygote: Zygote, plain: Plain, cfg: Path, cwd: Path, disk: 
         u = unit()
         before()
         refs_before = set(disk.refs())
+        fresh = "base_commit" not in disk.attrs()
+        t_attempt = time.time()
         pid = runner.spawn(["search", "--config", str(cfg), "--generations", str(generations)], out, cwd)
         going = None
         if mode is not None:
-            Moment(pid, disk, out, rng, u, lambda: runs(pid)).wait(mode, limit(u), delay(mode, runner is zygote, u))
-            going = stop_and_kill(pid, lambda: runs(pid))
+            moment = Moment(pid, disk, out, rng, u, lambda: runs(pid), fresh)
+            try:
+                moment.wait(mode, limit(u), delay(mode, runner is zygote, u))
+                going = stop_and_kill(pid, moment.going, moment.seen)
+                warm += len(moment.warm)
+            except BaseException:
+                os.kill(pid, signal.SIGKILL)  # never leave it stopped
+                runner.wait(pid)
+                raise
         rc = runner.wait(pid)
         text = out.read_text(errors="replace")
         if going is None:  # not killed: it finished (or crashed)
             assert rc == 0 and "done:" in text, f"attempt {attempt}: exit {rc}\n{text[-3000:]}"
+            refs_stay()
             if mode is None:
-                return Killed(phases, modes, kills, generations, time.time() - t, log)
+                return Killed(phases, modes, kills, generations, time.time() - t, log, warm)
             generations += grow  # finished too soon: a bigger budget for the same study
             continue
         assert rc == -signal.SIGKILL, f"attempt {attempt}: exit {rc}\n{text[-3000:]}"
         disk.check()
+        refs_stay()
         kills += 1
         modes[mode] += 1
-        hit = disk.phases(Kill(text, refs_before, going))
+        hit = disk.phases(Kill(text, refs_before, *going))
         phases.update(hit)
-        log.append(f"{mode}:{'+'.join(sorted(hit))}")
+        log.append(f"{mode}:{'+'.join(sorted(hit))}({time.time() - t_attempt:.1f}s)")
 
 
 def assert_complete(disk: Disk, population: int, generations: int) -> list[optuna.trial.FrozenTrial]:
@@ -528,9 +743,14 @@ def assert_complete(disk: Disk, population: int, generations: int) -> list[optun
     planned = population - 1 + generations * population
     assert sorted(t.user_attrs["index"] for t in ts if t.user_attrs["seed"] == 0) == list(range(planned + 1))
     assert set(disk.refs()) == {t.user_attrs["index"] for t in ts if t.user_attrs["commit"]}
+    # the toy target never fails: a kill must not leak into a result (a run cut short recorded as crashed, say)
+    leaked = [(t.user_attrs["index"], t.user_attrs["seed"], t.user_attrs["outcome"]) for t in ts
+              if t.user_attrs["outcome"] not in ("complete", "pruned", "duplicate", "operator_failed", "rejected")]
+    assert not leaked, f"runs recorded with an outcome a kill left: {leaked}"
     attrs = disk.attrs()
     chain = disk.mainline()
-    assert [(p["index"], p["value"]) for p in attrs["promotions"]] == chain and chain, "nothing promoted"
+    assert [(p["index"], p["value"]) for p in attrs.get("promotions", [])] == chain
+    assert chain, "nothing promoted"
     decisions = attrs["decisions"]
     assert not [k for k, d in decisions.items() if d["decision"] == "testing"], "a promotion test was left open"
     done = {t.user_attrs["index"] for t in ts if t.user_attrs["outcome"] == "complete" and t.user_attrs["role"] == "candidate"}
@@ -601,11 +821,10 @@ def test_kill_9_at_random_moments_then_resume(make_repo, tmp_path: Path) -> None
 AIM = {"startup": "early", "promotion": "main", "confirm": "confirm", "decision": "decision", "commit": "ref", "record": "record", "run": "run"}
 
 
-def steer(wanted: tuple[str, ...], more: int, rng: random.Random) -> Callable[[Counter[str], int, int], str | None]:
-    """Aim each kill at a phase not hit yet (the one aimed at least so far); once all are hit, `more`
-    kills at random moments of any kind; then none."""
+def steer(wanted: tuple[str, ...], at_least: int, rng: random.Random) -> Callable[[Counter[str], int, int], str | None]:
+    """Aim each kill at a phase not hit yet (the one aimed at least so far); once all are hit, kill at
+    moments of any kind until there have been `at_least` kills; then let the search finish."""
     aimed: Counter[str] = Counter()
-    extra = [0]
 
     def choose(phases: Counter[str], kills: int, attempt: int) -> str | None:
         missing = [p for p in wanted if not phases[p]]
@@ -613,9 +832,8 @@ def steer(wanted: tuple[str, ...], more: int, rng: random.Random) -> Callable[[C
             p = min(missing, key=lambda p: (aimed[p], wanted.index(p)))
             aimed[p] += 1
             return AIM[p]
-        if extra[0] < more:
-            extra[0] += 1
-            return rng.choice(("random", "random", *(AIM[p] for p in wanted)))
+        if kills < at_least:
+            return rng.choice(("random", "random", *AIM.values()))
         return None
 
     return choose
@@ -627,8 +845,20 @@ def shipped_delay(mode: str, warm: bool, unit: float) -> float:
     return 1.5 * unit if mode == "random" else 0.0
 
 
-SHIPPED = dict(search={"strategy": "population", "population": 4, "generations": 2, "workers": 2},
-               sprt={"enabled": True, "replicates": 3, "max_pairs": 4, "gate": 0.5})
+# The toy target, each run of which also leaves a process behind in a session of its own (as a data
+# loader or a compile server might): a kill -9 of evo leaves them running, and they must be killed (by
+# the next start for local runs; for Ray runs, as Ray ends the dead driver's tasks).
+LINGER = ("import subprocess\nsubprocess.Popen(['sleep', '60'], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, "
+          "stderr=subprocess.DEVNULL, start_new_session=True)\n")
+
+
+def lingering_target(noise: float) -> str:
+    return LINGER + TARGET.replace("NOISE", repr(noise))
+
+
+SHIPPED = dict(search={"strategy": "population", "population": 4, "generations": 1, "workers": 2},
+               sprt={"enabled": True, "replicates": 3, "max_pairs": 4, "gate": 0.5},
+               target={"preload": ["json"]})  # runs forked from a warm interpreter, as configs/default.toml has them
 PHASES = tuple(AIM)
 
 
@@ -640,7 +870,7 @@ def test_kill_9_on_the_shipped_configuration(make_repo, tmp_path: Path) -> None:
     must hold the invariants after every kill and end complete."""
     rng = random.Random(SEED + 1)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    repo = make_repo(noise=0.4)
+    repo = make_repo(files={"target.py": lingering_target(0.4)})
     cfg = write_config(tmp_path / "evo.toml", repo, tmp_path / "evo.db", **SHIPPED)  # type: ignore[arg-type]
     zygote = Zygote(env).ready()
     disk = Disk(repo, tmp_path / "evo.db", "toy")
@@ -649,10 +879,11 @@ def test_kill_9_on_the_shipped_configuration(make_repo, tmp_path: Path) -> None:
                                    unit=disk.mean_run, delay=shipped_delay, limit=lambda u: 30 * u + 10, max_attempts=40, grow=1)
     finally:
         zygote.close()
-    print(f"\n{killed.kills} kills in {killed.seconds:.0f}s ({killed.generations} generations); phases {dict(killed.phases)}; "
-          f"modes {dict(killed.modes)}\n{' '.join(killed.log)}")
+    print(f"\n{killed.kills} kills in {killed.seconds:.0f}s ({killed.generations} generations, {killed.warm} warm runs seen); "
+          f"phases {dict(killed.phases)}; modes {dict(killed.modes)}\n{' '.join(killed.log)}")
     assert_complete(disk, 4, killed.generations)
     assert all(killed.phases[p] >= 1 for p in PHASES), killed.phases
+    assert killed.warm, "no run was forked warm: the kills did not meet the shipped way of starting runs"
 
 
 SLOW = '''\
@@ -706,7 +937,14 @@ def _no_run_left(tmp_path: Path):
                 continue
         return found
 
-    assert wait_until(lambda: not ours(), 10, 0.1), ours()
+    if not wait_until(lambda: not ours(), 10, 0.1):
+        left = ours()
+        for pid in left:  # this test's runs (they carry its token): none may outlive it, even when it fails
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        raise AssertionError(f"processes of this test's runs outlived it: {left}")
 
 
 def test_promote_by_hand_to_the_mainline_waits_for_the_running_search(make_repo, tmp_path: Path) -> None:
