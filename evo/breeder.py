@@ -41,7 +41,10 @@ class Breeder:
         return f"{self.ns}/c/{index:05d}"
 
     def branch(self, index: int) -> str:
-        return self.ref(index)[len("refs/heads/"):]
+        """The name to give git for the candidate: `refs/evo/<study>/c/NNNNN` (a branch name
+        without refs/heads/ for studies that kept candidates as branches)."""
+        ref = self.ref(index)
+        return ref[len("refs/heads/"):] if ref.startswith("refs/heads/") else ref
 
     def out_of_tokens(self) -> bool:
         return bool(self.token_budget) and self.usage.get("prompt_tokens", 0) + self.usage.get("completion_tokens", 0) >= self.token_budget

@@ -50,12 +50,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
         raise EvoError(f"--to {args.to!r}: an empty branch name; leave --to out to promote to the study's mainline")
     attrs = Archive(storage, args.study).attrs
     if args.to is not None:
-        ns = str(attrs.get("namespace") or f"refs/heads/evo/{args.study}")
         ref = args.to if args.to.startswith("refs/") else f"refs/heads/{args.to}"
-        if ref == attrs.get("mainline", f"{ns}/main"):
+        own = [ns for ns in dict.fromkeys((f"refs/heads/evo/{args.study}", str(attrs.get("namespace") or f"refs/evo/{args.study}")))
+               if ref == ns or ref.startswith(ns + "/")]
+        if ref == attrs.get("mainline", f"refs/heads/evo/{args.study}/main"):
             args.to = None  # the mainline named in full: the same as leaving --to out (lock included)
-        elif ref == ns or ref.startswith(ns + "/"):
-            raise EvoError(f"--to {args.to}: is one of study '{args.study}'s own refs ({ns}/...), which only evo moves; "
+        elif own:
+            raise EvoError(f"--to {args.to}: is one of study '{args.study}'s own refs ({own[0]}/...), which only evo moves; "
                            "leave --to out to promote to its mainline, or name another branch")
     if args.to is None:  # the study's mainline: a running search moves it too, so take the search's lock
         repo = attrs.get("repo")

@@ -43,14 +43,16 @@ class Study:
         for warning in preflight.warnings(self.repo):
             log(f"warning: {warning}")
         self.direction = Direction(cfg.target.direction)
-        self.ns = f"refs/heads/evo/{self.name}"
         self.results = Path(cfg.study.results)
         self.logs = self.results / "logs" / self.name
         self.template = RunTemplate.from_target(cfg.target, cache_dir=str(self.results / "cache"))
         self.judge = Judge(cfg.sprt, self.direction, cfg.study.seed)
         self.strategy = make_strategy(cfg.search, self.direction)
         self.archive = Archive(cfg.study.storage, self.name, cfg.target.direction, metric=cfg.target.metric)
-        self.mainline = Mainline(self.repo, f"{self.ns}/main", self.name, cfg.target.metric, self.judge, self.archive, log)
+        # candidates' refs outside refs/heads (`git branch` lists only the mainline; thousands of
+        # candidates clutter no branch list); a study started before keeps the namespace it recorded
+        self.ns = str(self.archive.attrs.get("namespace") or f"refs/evo/{self.name}")
+        self.mainline = Mainline(self.repo, f"refs/heads/evo/{self.name}/main", self.name, cfg.target.metric, self.judge, self.archive, log)
         self.breeder = Breeder(self.repo, self.name, self.ns, cfg.target.mutable, mutation, resolver, self.archive,
                                self.results / "artifacts" / self.name, seed=cfg.study.seed, screen_seed=self.judge.screen_seed,
                                metric=cfg.target.metric, direction=self.direction, program=cfg.operators.program,

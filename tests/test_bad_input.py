@@ -733,7 +733,7 @@ def created(b: Bench) -> list[str]:
     left = [p.name for p in (b.tmp / "evo.db", b.tmp / "results") if p.exists()]
     if (b.repo / ".git").exists() or (b.repo / "HEAD").exists():
         gd = b.repo / ".git" if (b.repo / ".git").exists() else b.repo
-        left += [f"ref {r}" for r in git(b.repo, "for-each-ref", "--format=%(refname)", "refs/heads/evo/").split()]
+        left += [f"ref {r}" for r in git(b.repo, "for-each-ref", "--format=%(refname)", "refs/heads/evo/", "refs/evo/").split()]
         if (gd / "evo").exists():
             left.append("lock folder")
     return left

@@ -110,14 +110,15 @@ def setup(tmp_path: Path) -> tuple[Path, Path, str]:
 def test_clean_leaves_the_repository_as_it_was_before_the_study(setup: tuple[Path, Path, str]) -> None:
     root, repo, url = setup
     before = snapshot(repo)
-    keep_refs = {line for line in before["refs"].splitlines() if "refs/heads/evo/keep/" in line}
+    keep_refs = {line for line in before["refs"].splitlines() if "/evo/keep/" in line}
     assert len(keep_refs) > 1
 
     rc, out, err = evo("search", "--config", str(config(root, "gone")))
     assert rc == 0, err + out
     during = snapshot(repo)
-    made = [line.split()[0] for line in during["refs"].splitlines() if line.split()[0].startswith("refs/heads/evo/gone/")]
+    made = [line.split()[0] for line in during["refs"].splitlines() if line.split()[0].startswith(("refs/heads/evo/gone/", "refs/evo/gone/"))]
     assert "refs/heads/evo/gone/main" in made and len(made) >= 4, made  # the mainline and its candidates
+    assert all(r.startswith("refs/evo/gone/c/") for r in made if r != "refs/heads/evo/gone/main"), made  # candidates are not branches
     assert during["head"] == before["head"] and during["tree"] == before["tree"]  # a search never touches them
     logs, artifacts = root / "results" / "logs" / "gone", root / "results" / "artifacts" / "gone"
     assert any(logs.iterdir()) and any(artifacts.iterdir())
@@ -144,24 +145,24 @@ def test_clean_leaves_the_repository_as_it_was_before_the_study(setup: tuple[Pat
 
 def test_keep_mainline_dry_run_and_a_checked_out_branch(setup: tuple[Path, Path, str]) -> None:
     root, repo, url = setup
-    refs = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads/evo/keep").splitlines()
+    refs = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads/evo/keep", "refs/evo/keep").splitlines()
     main = git(repo, "rev-parse", "refs/heads/evo/keep/main").strip()
     # dry run: lists, removes nothing
     rc, out, err = evo("clean", "keep", "--dry-run", "--storage", url)
     assert rc == 0 and "would remove" in out and f"refs       {len(refs)} in {repo}" in out, err + out
-    assert git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads/evo/keep").splitlines() == refs
+    assert git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads/evo/keep", "refs/evo/keep").splitlines() == refs
     # the mainline checked out in a second working tree: refused, nothing removed
     wt = root / "wt"
     git(repo, "worktree", "add", "-q", str(wt), "evo/keep/main")
     rc, out, err = evo("clean", "keep", "--storage", url)
     assert rc == 2 and "evo/keep/main is checked out" in err and "--keep-mainline" in err, err
-    assert git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads/evo/keep").splitlines() == refs
+    assert git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads/evo/keep", "refs/evo/keep").splitlines() == refs
     assert "keep" in optuna.get_all_study_names(url)
     # --keep-mainline: every candidate ref goes, the mainline stays where it was (even checked out)
     rc, out, err = evo("clean", "keep", "--keep-mainline", "--storage", url)
     assert rc == 0, err + out
     assert f"kept       evo/keep/main at {main[:10]}" in out
-    assert git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/evo").split() == ["refs/heads/evo/keep/main"]
+    assert git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/evo", "refs/evo").split() == ["refs/heads/evo/keep/main"]
     assert git(repo, "rev-parse", "evo/keep/main").strip() == main
     assert optuna.get_all_study_names(url) == []
     assert not (root / "results" / "logs" / "keep").exists()
@@ -169,7 +170,7 @@ def test_keep_mainline_dry_run_and_a_checked_out_branch(setup: tuple[Path, Path,
 
 def test_clean_refuses_while_a_search_holds_the_study_lock(setup: tuple[Path, Path, str]) -> None:
     root, repo, url = setup
-    refs = git(repo, "for-each-ref", "refs/heads/evo/keep")
+    refs = git(repo, "for-each-ref", "refs/heads/evo/keep", "refs/evo/keep")
     # another process takes the very lock `evo search` takes (evo.lock.study_lock) and holds it
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom evo.lock import study_lock\n"
@@ -179,7 +180,7 @@ def test_clean_refuses_while_a_search_holds_the_study_lock(setup: tuple[Path, Pa
         assert holder.stdout.readline().strip() == "held"
         rc, out, err = evo("clean", "keep", "--storage", url)
         assert rc == 3 and "study 'keep' is already running" in err and f"pid {holder.pid}" in err, err
-        assert git(repo, "for-each-ref", "refs/heads/evo/keep") == refs
+        assert git(repo, "for-each-ref", "refs/heads/evo/keep", "refs/evo/keep") == refs
         assert "keep" in optuna.get_all_study_names(url)
         assert (root / "results" / "logs" / "keep").is_dir()
     finally:
@@ -187,4 +188,4 @@ def test_clean_refuses_while_a_search_holds_the_study_lock(setup: tuple[Path, Pa
         holder.wait()
     rc, out, err = evo("clean", "keep", "--storage", url)  # the holder is gone: the lock is free
     assert rc == 0, err
-    assert git(repo, "for-each-ref", "refs/heads/evo") == ""
+    assert git(repo, "for-each-ref", "refs/heads/evo", "refs/evo") == ""

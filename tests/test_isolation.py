@@ -264,18 +264,18 @@ def test_an_agent_that_touches_a_protected_file_is_rejected(tmp_path: Path, monk
     ts = search(tmp_path, repo, search={"generations": 1}, operators={"mutation": "agent"},
                 agent={"command": f"{{python}} {tmp_path / 'agent.py'}", "env_allow": ["EVO_AGENT_MODE"]})
     child = next(t for t in ts if t.user_attrs["index"] == 1)
-    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/heads/evo/toy/c/").split()
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/evo/toy/c/").split()
     if mode == "honest":  # the same agent, staying inside target.py: a normal child
         assert child.user_attrs["outcome"] == "complete" and child.value == pytest.approx(-0.4)  # X = 3.0, Y = 5
         assert git(repo, "diff", "--name-only", child.user_attrs["parents"][0], child.user_attrs["commit"]) == "target.py"
-        assert "refs/heads/evo/toy/c/00001" in refs
+        assert "refs/evo/toy/c/00001" in refs
         return
     assert child.state == optuna.trial.TrialState.FAIL
     assert child.user_attrs["outcome"] == "rejected"
     assert child.user_attrs["reason"] == "touches protected file(s): README.md, prepare.py"
     # never committed, never run
     assert not child.user_attrs.get("commit") and not child.user_attrs.get("log")
-    assert "refs/heads/evo/toy/c/00001" not in refs
+    assert "refs/evo/toy/c/00001" not in refs
     assert len([t for t in ts if t.user_attrs["index"] == 1]) == 1
     assert git(repo, "show", "HEAD:README.md") == "a protected file"
     diff = (Path(child.user_attrs["artifacts"]) / "diff.txt").read_text()

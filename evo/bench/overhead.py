@@ -127,7 +127,7 @@ def scale_point(work: Path, n: int, k: int, seed: int = 0, n_resumes: int = 3) -
     built = t.seconds
     url = cfg.study.storage
     gr = GitRepo(repo)
-    ns = f"refs/heads/evo/{name}"
+    ns = f"refs/evo/{name}"
     point: dict[str, Any] = {"trials_added": n, "build_s": round(built, 2)}
 
     t = Timer()
@@ -236,7 +236,7 @@ def grow(cfg: Any, repo: Path, n: int, seed: int) -> None:
     commits = [shas[i + 1] for i in range(n)]
     trees = subprocess.run(["git", "-C", str(repo), "cat-file", "--batch-check=%(objectname)"], check=True, capture_output=True,
                            input="".join(f"{c}^{{tree}}\n" for c in commits).encode()).stdout.decode().split()
-    refs = "".join(f"create refs/heads/evo/{name}/c/{start + i:05d} {c}\n" for i, c in enumerate(commits))
+    refs = "".join(f"create refs/evo/{name}/c/{start + i:05d} {c}\n" for i, c in enumerate(commits))
     subprocess.run(["git", "-C", str(repo), "update-ref", "--stdin"], input=refs.encode(), check=True, capture_output=True)
 
     # trials: the template candidate's attrs with this candidate's facts
@@ -246,7 +246,7 @@ def grow(cfg: Any, repo: Path, n: int, seed: int) -> None:
         idx = start + i
         v = float(rng.randrange(32768))
         a = dict(template.user_attrs)
-        a.update({"index": idx, "commit": c, "tree": tree, "branch": f"evo/{name}/c/{idx:05d}", "parents": [base], "parent_indices": [0],
+        a.update({"index": idx, "commit": c, "tree": tree, "branch": f"refs/evo/{name}/c/{idx:05d}", "parents": [base], "parent_indices": [0],
                   "description": f"X 1.0 -> {1.0 + (i + 1) * 1e-5:.6f}", "generation": idx, "role": "candidate", "outcome": "complete",
                   "metrics": {"score": v}, "log": str(Path(a.get("log", "")).with_name(f"{idx:05d}-seed{a.get('seed', 0)}.log")), "run_seconds": 0.02})
         rows.append({"value": v, "attrs": a, "intermediate": {500: v}, "start": now, "end": now})

@@ -1,7 +1,7 @@
 """`evo clean STUDY`: remove a study and everything it left behind.
 
 What a study leaves: its git refs in the user's repository (`refs/heads/evo/<study>/main` and
-one `refs/heads/evo/<study>/c/NNNNN` per candidate, or whatever namespace the study attrs
+one `refs/evo/<study>/c/NNNNN` per candidate (`refs/heads/evo/...` for older studies), or whatever namespace the study attrs
 name), its run logs and artifacts under the results folder (`logs/<study>/`,
 `artifacts/<study>/`), its study in the Optuna storage, and its lock file
 (`.git/evo/<study>.lock`). Clean removes them in that order, the archive last, so a clean that
