@@ -9,7 +9,7 @@ is a random delay, or is aimed from outside at a phase by watching what evo does
   startup    the study being made: evo is stepped from one SQLite write to the next (stopped as each
              write's journal goes) until some, not all, of the facts that make a study are written;
              or, once made, opened again (a random delay after the start)
-  commit     a child's ref being written (git's lock file under refs/heads/evo/<study>/c/)
+  commit     a child's ref being written (git's lock file under refs/evo/<study>/c/)
   run        a child's run going (a run process carries EVO_ROLE, EVO_INDIVIDUAL and EVO_SEED)
   confirm    a confirmation run going
   record     a child's run reported (its line printed), evo stopped before its trial is committed
@@ -325,7 +325,7 @@ class Disk:
         return facts(self.study) if self.study else {}
 
     def refs(self) -> dict[int, str]:
-        out = git(self.repo, "for-each-ref", "--format=%(refname) %(objectname)", f"refs/heads/evo/{self.name}/c/")
+        out = git(self.repo, "for-each-ref", "--format=%(refname) %(objectname)", f"refs/evo/{self.name}/c/")
         return {int(r.rsplit("/", 1)[1]): sha for r, sha in (line.split() for line in out.splitlines())}
 
     def mainline(self) -> list[tuple[int, float]]:
@@ -463,7 +463,8 @@ class Moment:
         self.fresh = fresh  # the study is not made yet (no base commit): this attempt makes it
         self.seen: dict[int, Run] = {}  # every run process seen, by pid
         self.warm: set[int] = set()  # those forked warm
-        self.refs = disk.repo / ".git" / "refs" / "heads" / "evo" / disk.name
+        self.refs = disk.repo / ".git" / "refs" / "heads" / "evo" / disk.name  # the mainline
+        self.children = disk.repo / ".git" / "refs" / "evo" / disk.name / "c"  # the candidates' refs (not branches)
         self.journal_file = disk.storage.with_name(disk.storage.name + "-journal")
 
     def going(self) -> dict[int, Run]:
@@ -507,7 +508,7 @@ class Moment:
         """A child's ref being written (its .lock or the ref itself): in the middle of breeding."""
         def names() -> set[str]:
             try:
-                return set(os.listdir(self.refs / "c"))
+                return set(os.listdir(self.children))
             except OSError:
                 return set()
         known = names()
