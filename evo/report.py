@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ class Progress:
         self.t0 = time.time()
         self.tty = out is print and sys.stdout.isatty()
         self.done_runs = 0
+        self.done_at: deque[float] = deque(maxlen=RATE_WINDOW + 1)  # when the latest runs ended
         self._last_plain = 0
         s, se = study, study.cfg.search
         self.of = "" if s.planned == sys.maxsize else f"/{s.planned}"
@@ -49,6 +51,7 @@ class Progress:
     def run_finished(self, done: Done, ind: Individual) -> None:
         s, r = self.study, done.result
         self.done_runs += 1
+        self.done_at.append(time.time())
         inc = s.incumbent
         val = fmt(r.value) if r.outcome == "complete" else r.outcome.upper()
         role = "" if done.job.role == "candidate" else f" {done.job.role} seed {done.job.seed}"
@@ -80,6 +83,8 @@ class Progress:
             left = min(left, max(0, se.max_runs - s.spent_runs))
         elapsed = time.time() - self.t0
         rate = self.done_runs / elapsed if elapsed > 0 and self.done_runs else 0.0
+        if len(self.done_at) > RATE_WINDOW // 2:  # the recent rate: runs get shorter as futility stops more of them
+            rate = (len(self.done_at) - 1) / max(time.time() - self.done_at[0], 1e-9)
         seconds = left / rate if rate else float("nan")
         if se.max_run_hours and rate:
             mean_run = s.spent_seconds / max(1, s.spent_runs)
@@ -118,9 +123,14 @@ class Progress:
         self.out(f"inspect: evo best {name}{flag} | evo trials {name}{flag} | evo mainline {name}{flag} | evo lineage {name}{flag}")
 
 
+RATE_WINDOW = 40  # the ETA's run rate: over the last this many runs of the session
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f}s"
+    if seconds < 600:  # whole minutes would be 20-50% off here
+        return f"{seconds // 60:.0f} min {seconds % 60:02.0f}s"
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"

@@ -106,6 +106,31 @@ def test_a_promotion_commit_names_the_untested_ancestors_it_brings(make_repo, tm
     assert named >= 1, "this seeded search promotes a child of an untested parent"
 
 
+def test_the_eta_follows_the_recent_run_rate(make_repo, tmp_path: Path) -> None:
+    """The time left is the work left at the rate of the latest runs, not the session's average:
+    runs get shorter as futility stops more of them, and the average then overstates the time."""
+    import time as _time
+
+    from evo.report import RATE_WINDOW, Progress, _duration
+
+    repo = make_repo()
+    cfg = make_cfg(tmp_path, repo, search={"strategy": "greedy", "generations": 100}, sprt={"enabled": False})
+    study = Study(cfg, *build_operators(cfg), log=lambda s: None)
+    study.load()
+    ex = InProcessExecutor(study.repo, study.template, 1, toy())
+    p = Progress(study, ex, out=lambda s: None)
+    study.next_index, study.spent_runs = 21, 21  # 20 children made, 80 left at one run each
+    now = _time.time()
+    p.t0, p.done_runs = now - 400.0, 21  # slow early runs: the session's average is 21 runs in 400 s
+    p.done_at.extend(now - 20.0 + 0.5 * k for k in range(RATE_WINDOW + 1))  # the latest: 2 runs a second
+    runs, seconds = p.eta()
+    assert runs == 80 and seconds == pytest.approx(40.0, rel=0.05)  # not 80 / (21 / 400) = 1524 s
+    p.done_at.clear()
+    p.done_at.extend(now - 10.0 + k for k in range(5))  # too few recent runs: the session's average
+    assert p.eta()[1] == pytest.approx(80 / (21 / 400), rel=0.05)
+    assert [_duration(x) for x in (42, 155, 599, 1500, 7200)] == ["42s", "2 min 35s", "9 min 59s", "25 min", "2.0 h"]
+
+
 def test_scheduling_order_baseline_replicates_then_children(make_repo, tmp_path: Path) -> None:
     repo = make_repo()
     cfg = make_cfg(tmp_path, repo, search={"strategy": "greedy", "generations": 3}, sprt={"enabled": True, "replicates": 3})
