@@ -35,10 +35,10 @@ def test_greedy_ten_generations_end_to_end(make_repo, tmp_path: Path) -> None:
     assert git(repo, "rev-parse", "HEAD") == head
     assert git(repo, "status", "--porcelain") == status
     assert git(repo, "symbolic-ref", "HEAD") == branch
-    # every candidate is a commit on its branch, child of its parent
+    # every candidate is a commit on its ref (refs/evo/..., not a branch), child of its parent
     for t in ts:
         a = t.user_attrs
-        assert git(repo, "rev-parse", f"refs/heads/{a['branch']}") == a["commit"]
+        assert git(repo, "rev-parse", a["branch"]) == a["commit"] and a["branch"].startswith("refs/evo/toy/c/")
         if a["index"] > 0:
             assert git(repo, "log", "-1", "--format=%P", a["commit"]).split() == a["parents"]
             assert git(repo, "diff", "--name-only", a["parents"][0], a["commit"]) == "target.py"
