@@ -77,6 +77,9 @@ class Progress:
         se = s.cfg.search
         children = max(1, s.made)
         per_child = max(1.0, (s.spent_runs - len(s.judge.replicate_seeds)) / children)  # confirmations included
+        recent = [s.pop[i] for i in range(max(1, s.made - RATE_WINDOW + 1), s.made + 1) if i in s.pop]
+        if len(recent) >= RATE_WINDOW // 2:  # early children, tested while gains were large, ran more confirmations
+            per_child = max(1.0, sum(1 for i in recent for r in i.runs.values() if r.trial >= 0) / len(recent))
         left = (s.planned - s.made) * per_child if s.planned < sys.maxsize else float("inf")
         left += sum(1 for i in s.pop.values() if i.decision == "testing") * 2  # open tests: a couple of pairs each
         if se.max_runs:
@@ -123,7 +126,7 @@ class Progress:
         self.out(f"inspect: evo best {name}{flag} | evo trials {name}{flag} | evo mainline {name}{flag} | evo lineage {name}{flag}")
 
 
-RATE_WINDOW = 40  # the ETA's run rate: over the last this many runs of the session
+RATE_WINDOW = 40  # the ETA's run rate over the session's latest runs, and its runs per child over the latest children
 
 
 def _duration(seconds: float) -> str:

@@ -129,6 +129,15 @@ def test_the_eta_follows_the_recent_run_rate(make_repo, tmp_path: Path) -> None:
     p.done_at.extend(now - 10.0 + k for k in range(5))  # too few recent runs: the session's average
     assert p.eta()[1] == pytest.approx(80 / (21 / 400), rel=0.05)
     assert [_duration(x) for x in (42, 155, 599, 1500, 7200)] == ["42s", "2 min 35s", "9 min 59s", "25 min", "2.0 h"]
+    # runs per child from the latest 40 children: the first 20 ran 4 runs each (confirmations), the rest one
+    from evo.individual import Individual, Run
+
+    for i in range(1, 61):
+        study.pop[i] = ind = Individual(index=i, commit=f"c{i}", tree=f"t{i}")
+        for seed in range(4 if i <= 20 else 1):
+            ind.runs[seed] = Run(seed=seed, trial=100 * i + seed, value=1.0, outcome="complete")
+    study.next_index, study.spent_runs = 61, 1 + 80 + 40  # the study's average: 2 runs per child
+    assert p.eta()[0] == 40  # 40 children left at the latest children's 1 run each, not 80
 
 
 def test_scheduling_order_baseline_replicates_then_children(make_repo, tmp_path: Path) -> None:
