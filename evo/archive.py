@@ -272,7 +272,7 @@ class Archive:
         self.name = study_name
         self._id = self.storage.get_study_id_from_name(study_name)
         user, system = _study_attrs(self.storage, self._id)
-        self._facts: dict[str, Any] | None = _facts(user, system)
+        self._facts = _facts(user, system)
         if metric and system.get("study:metric_names") != [metric]:  # Optuna's key for them
             with warnings.catch_warnings():  # experimental in Optuna, stable enough for a label
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -281,10 +281,8 @@ class Archive:
     # -- study-level facts ------------------------------------------------------------------
     @property
     def attrs(self) -> dict[str, Any]:
-        """The study's facts (see `read_facts`), read once: this process is the study's only writer
-        (the search holds its lock), so the copy is kept in step by the writes below."""
-        if self._facts is None:
-            self._facts = read_facts(self.storage, self._id)
+        """The study's facts (see `read_facts`), read when the archive opened: this process is the
+        study's only writer (the search holds its lock), so the copy is kept in step by the writes below."""
         return self._facts
 
     def set_attr(self, key: str, value: Any) -> None:

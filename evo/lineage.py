@@ -9,7 +9,9 @@ They are written and parsed only here.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from evo.gitrepo import GitRepo
 
@@ -95,3 +97,16 @@ def mainline(repo: GitRepo, base: str, tip: str | None) -> list[Step]:
             steps.append(Step(commit=sha, index=int(t["Index"]), trailers=t))
     steps.reverse()
     return steps
+
+
+def ancestors(index: int, members: Mapping[int, Any]) -> set[int]:
+    """The individual and every ancestor, through both parents of a crossover (`members`: index ->
+    anything with `parent_indices`, the engine's individuals or inspection's members)."""
+    seen: set[int] = set()
+    stack = [index]
+    while stack:
+        i = stack.pop()
+        if i not in seen and i in members:
+            seen.add(i)
+            stack.extend(members[i].parent_indices)
+    return seen

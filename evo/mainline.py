@@ -157,25 +157,13 @@ class Mainline:
         self.log(f"#{ind.index:<4} PROMOTED to {self.branch}: {self.metric} {was} -> {ind.value:.6g}")
 
 
-def ancestors(index: int, pop: dict[int, Individual]) -> set[int]:
-    """The individual and every ancestor, through both parents of a crossover."""
-    seen: set[int] = set()
-    stack = [index]
-    while stack:
-        i = stack.pop()
-        if i not in seen and i in pop:
-            seen.add(i)
-            stack.extend(pop[i].parent_indices)
-    return seen
-
-
 def inherited(ind: Individual, prev: Individual | None, pop: dict[int, Individual]) -> str:
     """The individuals whose changes arrive with `ind` besides its own (untested parents, a
     crossover's other line), each with what it changed: a commit message section. Without it a
     promotion described as one constant's step would hide the others it brings."""
     if prev is None or not pop:
         return ""
-    others = sorted(ancestors(ind.index, pop) - ancestors(prev.index, pop) - {ind.index})
+    others = sorted(lineage.ancestors(ind.index, pop) - lineage.ancestors(prev.index, pop) - {ind.index})
     if not others:
         return ""
     rows = [f"  #{i} {pop[i].description} ({pop[i].operator}, {pop[i].decision.value or 'not screened'})"

@@ -92,12 +92,10 @@ def test_a_promotion_commit_names_the_untested_ancestors_it_brings(make_repo, tm
     study = Study(cfg, *build_operators(cfg), log=lambda s: None)
     study.load()
     steps = lineage.mainline(study.repo, study.archive.attrs["base_commit"], study.repo.ref(study.mainline.ref))
-    from evo.mainline import ancestors
-
     named = 0
     for prev, step in zip([None, *steps], steps):
-        before = ancestors(prev.index, study.pop) if prev else {0}
-        brings = sorted(ancestors(step.index, study.pop) - before - {step.index})
+        before = lineage.ancestors(prev.index, study.pop) if prev else {0}
+        brings = sorted(lineage.ancestors(step.index, study.pop) - before - {step.index})
         body = git(repo, "log", "-1", "--format=%B", step.commit)
         for i in brings:
             assert f"  #{i} {study.pop[i].description} ({study.pop[i].operator}, " in body, (i, body)

@@ -30,6 +30,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from evo import lineage
 from evo.lineage import parse as parse_trailers
 from evo.archive import mask_url, open_storage, read_facts, read_trials
 from evo.errors import EvoError, GitError
@@ -557,16 +558,7 @@ class EvoStudy(optuna.Study):
 
     def ancestors(self, index: int) -> set[int]:
         """The individual and every ancestor (through all parents of crossovers)."""
-        members = self.members()
-        seen: set[int] = set()
-        stack = [index]
-        while stack:
-            i = stack.pop()
-            if i in seen or i not in members:
-                continue
-            seen.add(i)
-            stack.extend(members[i].parent_indices)
-        return seen
+        return lineage.ancestors(index, self.members())
 
     def mainline_changes(self, diffs: bool = True) -> list[dict[str, Any]]:
         """Per promotion (step >= 1): everything that changed from the previous mainline step.
