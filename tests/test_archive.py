@@ -29,6 +29,7 @@ def test_the_fast_reader_equals_optunas(tmp_path: Path) -> None:
     for a, b in zip(ours, theirs):
         assert (a.user_attrs, a.system_attrs, a.intermediate_values, a.distributions) == (b.user_attrs, b.system_attrs, b.intermediate_values, b.distributions)
         assert a._trial_id == b._trial_id and a.state == b.state
+        assert a.__dict__ == b.__dict__  # the fast reader sets FrozenTrial's fields itself: exactly the ones Optuna's has
     assert [t.state for t in ours] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
     assert Archive(url, "s").trials(states=(TrialState.COMPLETE,)) == [theirs[0], theirs[4]]
     mem = Archive("memory://test-archive-reader", "m", direction="minimize")  # not SQL: Optuna's reader
