@@ -21,7 +21,7 @@ from evo import lineage
 from evo.archive import Archive
 from evo.errors import EvoError
 from evo.gitrepo import GitRepo, matches
-from evo.individual import DUPLICATE_OUTCOME, OPERATOR_FAILED, REJECTED, Direction, Individual, Role, Run, Status, candidate_attrs
+from evo.individual import DUPLICATE_OUTCOME, OPERATOR_FAILED, REJECTED, Direction, Individual, PopIndex, Role, Run, Status, candidate_attrs
 from evo.runner import cap_artifacts
 from evo.strategies import Plan
 from operators.base import ConflictResolver, Context, Mutation, OperatorError, Parent
@@ -30,8 +30,9 @@ class Breeder:
     def __init__(self, repo: GitRepo, study: str, ns: str, mutable: tuple[str, ...], mutation: Mutation,
                  resolver: ConflictResolver, archive: Archive, artifacts: Path, *, seed: int, screen_seed: int,
                  metric: str, direction: Direction, program: str = "", token_budget: int = 0,
-                 duplicate_retries: int = 3, log: Any = print) -> None:
+                 duplicate_retries: int = 3, log: Any = print, index: PopIndex | None = None) -> None:
         self.repo, self.study, self.ns, self.mutable = repo, study, ns, mutable
+        self.index = index or PopIndex(direction)  # the coordinator's, kept up to date by it: trees and ranks without a scan
         self.mutation, self.resolver, self.archive, self.artifacts = mutation, resolver, archive, artifacts
         self.seed, self.screen_seed, self.metric, self.direction = seed, screen_seed, metric, direction
         self.program, self.token_budget, self.duplicate_retries, self.log = program, token_budget, duplicate_retries, log
@@ -59,10 +60,7 @@ class Breeder:
                          parent_indices=tuple(p.index for p in plan.parents), generation=plan.generation,
                          operator=self.mutation.name, screen_seed=self.screen_seed)
         pop[idx] = ind
-        trees: dict[str, Individual] = {}  # tree -> the first individual with it (never a duplicate: it has no run of its own)
-        for o in sorted(pop.values(), key=lambda o: o.index):
-            if o.commit and o.index != idx and o.reused_from is None:
-                trees.setdefault(o.tree, o)
+        trees = self.index.trees  # tree -> the first individual with it (never a duplicate: it has no run of its own)
         artifacts: dict[str, str] = {}
         ctx = self.context(pop)
         try:
@@ -95,7 +93,7 @@ class Breeder:
         ind.artifacts = self.save_artifacts(idx, artifacts | {"diff.patch": self.repo.diff(plan.parents[0].commit, ind.commit)})
         twin = trees.get(tree)
         if twin is not None:  # retries exhausted: the same code as an earlier individual, never re-run
-            return self.duplicate(ind, twin)
+            return self.duplicate(ind, pop[twin])
         ind.status = Status.PENDING
         return ind
 
@@ -224,7 +222,7 @@ class Breeder:
             except OSError as e:
                 raise EvoError(f"[operators] program = {self.program}: cannot read: {e.strerror}") from None
         return Context(metric=self.metric, direction=str(self.direction), mutable=self.mutable, program=program,
-                       history=history(pop, self.direction))
+                       history=history(pop, self.index))
 
     def parent_view(self, ind: Individual, tree: str | None = None) -> Parent:
         rev = tree or ind.commit
@@ -254,13 +252,12 @@ class Breeder:
             self.archive.set_attr("usage", self.usage)
 
 
-def history(pop: dict[int, Individual], direction: Direction, best: int = 5, recent: int = 20) -> str:
-    """A compact results table for prompts, like autoresearch's results.tsv."""
-    done = [i for i in pop.values() if i.finished and i.index > 0]
-    ranked = sorted((i for i in done if i.value is not None), key=lambda i: direction.sort_key(i.value))  # type: ignore[arg-type]
+def history(pop: dict[int, Individual], index: PopIndex, best: int = 5, recent: int = 20) -> str:
+    """A compact results table for prompts, like autoresearch's results.tsv: the best children and the
+    latest finished ones (from the index: a proposal reads ~25 individuals, not the population)."""
     lines = ["index\tvalue\tstatus\tdescription"]
     shown = set()
-    for i in ranked[:best] + sorted(done, key=lambda i: -i.index)[:recent]:
+    for i in index.best(pop, best, skip=0) + index.recent(pop, recent):
         if i.index in shown:
             continue
         shown.add(i.index)

@@ -9,6 +9,7 @@ fresh start would.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -146,36 +147,117 @@ def candidate_attrs(ind: Individual, branch: str) -> dict[str, Any]:
 
 
 def rebuild(trials: list[FrozenTrial], screen_seed: int) -> dict[int, Individual]:
-    """Individuals from trials, in trial order. Interrupted runs leave their individual pending."""
+    """Individuals from trials, in trial order. Interrupted runs leave their individual pending.
+
+    Runs once per start over every trial (100,000 in a long study): the loop does nothing per trial
+    that it can do once."""
     pop: dict[int, Individual] = {}
-    for t in sorted(trials, key=lambda t: t.number):
+    status_of = {COMPLETE: Status.EVALUATED, DUPLICATE_OUTCOME: Status.DUPLICATE, PRUNED_OUTCOME: Status.PRUNED}
+    running, complete = TrialState.RUNNING, TrialState.COMPLETE
+    ordered = all(a.number < b.number for a, b in zip(trials, trials[1:]))  # read_trials' order: no sort
+    for t in trials if ordered else sorted(trials, key=lambda t: t.number):
         a = t.user_attrs
-        if "index" not in a:
+        idx = a.get("index")
+        if idx is None:
             continue  # not one of evo's trials
-        idx = int(a["index"])
+        idx = int(idx)
         ind = pop.get(idx)
         if ind is None:
             ind = pop[idx] = Individual(
                 index=idx, commit=a.get("commit", ""), tree=a.get("tree", ""), parents=tuple(a.get("parents", ())),
                 parent_indices=tuple(a.get("parent_indices", ())), operator=a.get("operator", ""),
                 description=a.get("description", ""), generation=int(a.get("generation", 0)), screen_seed=screen_seed,
-                artifacts=a.get("artifacts", "") or "", params={k: v for k, v in t.params.items()}, planned=a.get("planned", ""),
+                artifacts=a.get("artifacts", "") or "", params=dict(t.params) if t.params else {}, planned=a.get("planned", ""),
             )
         outcome = a.get("outcome", "")
-        if t.state == TrialState.RUNNING or outcome == INTERRUPTED:
+        if t.state == running or outcome == INTERRUPTED:
             continue
         seed = int(a.get("seed", screen_seed))
-        progress = [(step / 1000.0, v) for step, v in sorted(t.intermediate_values.items())]
-        value = t.value if t.state == TrialState.COMPLETE else None
+        iv = t.intermediate_values
+        progress = [(step / 1000.0, v) for step, v in sorted(iv.items())] if iv else []
+        value = t.value if t.state == complete else None
         if outcome == DUPLICATE_OUTCOME and value is not None and not math.isfinite(value):
             value = None
-        ind.runs[seed] = Run(
-            seed=seed, trial=t.number, value=value, outcome=outcome,
-            progress=progress, metrics=dict(a.get("metrics", {})), seconds=float(a.get("run_seconds", 0.0)),
-        )
+        metrics = a.get("metrics")
+        ind.runs[seed] = Run(seed, t.number, value, outcome, progress, dict(metrics) if metrics else {}, float(a.get("run_seconds", 0.0)))
         if seed == screen_seed or not ind.commit:
-            ind.status = {COMPLETE: Status.EVALUATED, DUPLICATE_OUTCOME: Status.DUPLICATE, PRUNED_OUTCOME: Status.PRUNED}.get(outcome, Status.FAILED)
+            ind.status = status_of.get(outcome, Status.FAILED)
             ind.reason = a.get("reason", "")
             if outcome == DUPLICATE_OUTCOME:
                 ind.reused_from = a.get("reused_from_index")
     return pop
+
+
+class PopIndex:
+    """What the per-candidate path asks of the population, kept up to date one individual at a time,
+    so that no question scans it: at 100,000 individuals one scan of the population costs more than
+    the rest of a candidate's engine time.
+
+    The coordinator calls `note(ind)` after anything that may change an individual's status,
+    decision, commit or screening value (a new child, a run started or recorded, a decision);
+    `note` is idempotent and O(log n)."""
+
+    def __init__(self, direction: Direction) -> None:
+        self.direction = Direction(direction)
+        self.pending: set[int] = set()  # PENDING with a commit: to run
+        self.testing: set[int] = set()  # decision TESTING: a promotion test under way
+        self.trees: dict[str, int] = {}  # tree -> the first individual with it that is no duplicate (has a run of its own)
+        self.ranked: list[tuple[float, int]] = []  # (sort key of the screening value, index) of evaluated individuals, best first
+        self.finished: set[int] = set()
+        self.top = 0  # the largest index seen
+        self._ranked_as: dict[int, tuple[float, int]] = {}
+
+    def build(self, pop: dict[int, Individual]) -> None:
+        """Index a whole population (once per start)."""
+        self.__init__(self.direction)  # type: ignore[misc]
+        for idx in sorted(pop):
+            self.note(pop[idx])
+
+    def note(self, ind: Individual) -> None:
+        i = ind.index
+        self.top = max(self.top, i)
+        _member(self.pending, i, ind.status == Status.PENDING and bool(ind.commit))
+        _member(self.testing, i, ind.decision == Decision.TESTING)
+        _member(self.finished, i, ind.status in FINISHED)
+        if ind.commit and ind.reused_from is None and ind.tree:
+            first = self.trees.setdefault(ind.tree, i)
+            if i < first:
+                self.trees[ind.tree] = i
+        value = ind.value
+        key = (self.direction.sort_key(value), i) if ind.status == Status.EVALUATED and value is not None else None
+        old = self._ranked_as.get(i)
+        if old == key:
+            return
+        if old is not None:
+            del self.ranked[bisect.bisect_left(self.ranked, old)]
+            del self._ranked_as[i]
+        if key is not None:
+            bisect.insort(self.ranked, key)
+            self._ranked_as[i] = key
+
+    def best(self, pop: dict[int, Individual], k: int, skip: int | None = None) -> list[Individual]:
+        """The k best evaluated individuals by screening value (ties to the earlier), `skip` left out."""
+        out = []
+        for _, i in self.ranked:
+            if i != skip:
+                out.append(pop[i])
+                if len(out) == k:
+                    break
+        return out
+
+    def recent(self, pop: dict[int, Individual], k: int) -> list[Individual]:
+        """The k finished individuals with the largest indices, newest first (the baseline excluded)."""
+        out = []
+        i = self.top
+        while i > 0 and len(out) < k:
+            if i in self.finished and i in pop:
+                out.append(pop[i])
+            i -= 1
+        return out
+
+
+def _member(members: set[int], i: int, inside: bool) -> None:
+    if inside:
+        members.add(i)
+    else:
+        members.discard(i)

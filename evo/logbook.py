@@ -48,9 +48,9 @@ class Logbook:
             if any(not i.finished for i in inds):
                 break
             values = [i.value for i in inds if i.value is not None]
-            everything = [i.value for i in s.pop.values() if i.value is not None and i.status == Status.EVALUATED]
+            best = s.index.best(s.pop, 1)  # the study's best screening run, from the index (a scan of the population was O(n) per generation)
             row = {
-                "gen": g, "evals": len(inds), "best": s.direction.best(everything) if everything else None,
+                "gen": g, "evals": len(inds), "best": best[0].value if best else None,
                 "median": statistics.median(values) if values else None,
                 "failed": sum(1 for i in inds if i.status == Status.FAILED),
                 "pruned": sum(1 for i in inds if i.status == Status.PRUNED),

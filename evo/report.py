@@ -81,7 +81,7 @@ class Progress:
         if len(recent) >= RATE_WINDOW // 2:  # early children, tested while gains were large, ran more confirmations
             per_child = max(1.0, sum(1 for i in recent for r in i.runs.values() if r.trial >= 0) / len(recent))
         left = (s.planned - s.made) * per_child if s.planned < sys.maxsize else float("inf")
-        left += sum(1 for i in s.pop.values() if i.decision == "testing") * 2  # open tests: a couple of pairs each
+        left += len(s.index.testing) * 2  # open tests: a couple of pairs each
         if se.max_runs:
             left = min(left, max(0, se.max_runs - s.spent_runs))
         elapsed = time.time() - self.t0

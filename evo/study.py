@@ -24,7 +24,7 @@ from evo.config import Config
 from evo.errors import EvoError
 from evo.executors.base import Job, RunTemplate
 from evo.gitrepo import GitRepo
-from evo.individual import COMPLETE, INTERRUPTED, Decision, Direction, Individual, Role, Run, Status, candidate_attrs, rebuild
+from evo.individual import COMPLETE, INTERRUPTED, Direction, Individual, PopIndex, Role, Run, Status, candidate_attrs, rebuild
 from evo.judge import Judge
 from evo.mainline import Mainline
 from evo.runner import RunResult, default_progress_regex, kill_leftovers
@@ -52,11 +52,13 @@ class Study:
         # candidates' refs outside refs/heads (`git branch` lists only the mainline; thousands of
         # candidates clutter no branch list); a study started before keeps the namespace it recorded
         self.ns = str(self.archive.attrs.get("namespace") or f"refs/evo/{self.name}")
+        self.index = PopIndex(self.direction)  # pending, testing, trees and ranks, kept per change: no scan per candidate
         self.mainline = Mainline(self.repo, f"refs/heads/evo/{self.name}/main", self.name, cfg.target.metric, self.judge, self.archive, log)
         self.breeder = Breeder(self.repo, self.name, self.ns, cfg.target.mutable, mutation, resolver, self.archive,
                                self.results / "artifacts" / self.name, seed=cfg.study.seed, screen_seed=self.judge.screen_seed,
                                metric=cfg.target.metric, direction=self.direction, program=cfg.operators.program,
-                               token_budget=cfg.llm.token_budget, duplicate_retries=cfg.operators.duplicate_retries, log=log)
+                               token_budget=cfg.llm.token_budget, duplicate_retries=cfg.operators.duplicate_retries, log=log,
+                               index=self.index)
         self.pop: dict[int, Individual] = {}
         self.inflight: set[tuple[int, int]] = set()
         self.next_index = 1
@@ -144,6 +146,7 @@ class Study:
             if ind.index > 0 and ind.status == Status.EVALUATED and not ind.decision:
                 self.mainline.screen(ind, self.pop)  # killed between its trial and its decision: decide now, as `record` would have
         self.mainline.update_tests(self.pop, self.running())  # likewise for a test whose last run was recorded, not decided
+        self.index.build(self.pop)
 
     def setup(self) -> None:
         preflight.setup(self.cfg, self.repo, self.archive.attrs["base_commit"], self.template, self.logs / "setup.log")
@@ -161,13 +164,13 @@ class Study:
             return None  # everyone is compared with the baseline's screening run: wait for it
         incumbent = self.incumbent
         assert incumbent is not None
-        for ind in sorted(self.pop.values(), key=lambda i: i.index):
-            if ind.decision == Decision.TESTING:
-                for who, seed in self.judge.needed(ind, incumbent):
-                    if (who.index, seed) not in self.inflight:
-                        return self._job(who, seed, Role.CONFIRM)
-        for ind in sorted(self.pop.values(), key=lambda i: i.index):
-            if ind.status == Status.PENDING and ind.commit and (ind.index, ind.screen_seed) not in self.inflight:
+        for i in sorted(self.index.testing):
+            for who, seed in self.judge.needed(self.pop[i], incumbent):
+                if (who.index, seed) not in self.inflight:
+                    return self._job(who, seed, Role.CONFIRM)
+        for i in sorted(self.index.pending):
+            ind = self.pop[i]
+            if (ind.index, ind.screen_seed) not in self.inflight:
                 return self._job(ind, ind.screen_seed, Role.CANDIDATE)
         while self.made < self.planned and not self.breeder.out_of_tokens():
             idx = self.next_index
@@ -177,6 +180,7 @@ class Study:
                 return None  # the strategy waits for running evaluations
             self.next_index += 1
             child = self.breeder.breed(idx, plan, self.pop, rng)
+            self.index.note(child)
             if child.status == Status.PENDING:
                 return self._job(child, child.screen_seed, Role.CANDIDATE)
         return None
@@ -185,6 +189,7 @@ class Study:
         self.inflight.add((ind.index, seed))
         if seed == ind.screen_seed:
             ind.status = Status.RUNNING
+            self.index.note(ind)
         parent = self.pop.get(ind.parent_indices[0]) if ind.parent_indices else None
         mon = self.judge.monitor(parent) if role == Role.CANDIDATE and parent is not None else None
         return Job(index=ind.index, commit=ind.commit, seed=seed, role=role.value,
@@ -200,6 +205,7 @@ class Study:
         if result.outcome == INTERRUPTED:  # not a result: the run starts again on resume
             if job.seed == ind.screen_seed:
                 ind.status = Status.PENDING
+                self.index.note(ind)
             return ind
         self._check_data(ind, result)
         attrs: dict[str, Any] = candidate_attrs(ind, self.breeder.branch(ind.index)) | {
@@ -236,6 +242,8 @@ class Study:
         if job.seed == ind.screen_seed and ind.status == Status.EVALUATED and ind.index > 0 and not ind.decision:
             self.mainline.screen(ind, self.pop)
         self.mainline.update_tests(self.pop, self.running())
+        for i in [ind.index, *self.index.testing]:  # the decisions those two can have changed
+            self.index.note(self.pop[i])
         return ind
 
     def _no_progress_hint(self, result: RunResult) -> None:
@@ -272,9 +280,7 @@ class Study:
             return True
         if self.made < self.planned and not self.breeder.out_of_tokens():
             return False
-        if any(i.status == Status.PENDING and i.commit for i in self.pop.values()):
-            return False
-        return not any(i.decision == Decision.TESTING for i in self.pop.values())
+        return not self.index.pending and not self.index.testing
 
     def close(self) -> None:
         """Record this session's wall time and why the search stopped (a budget, or the end of its plan)."""
