@@ -165,13 +165,19 @@ class Judge:
                       for shape in (None, cps / cps[-1]))
         return Monitor(tests, self.direction)
 
-    def screen(self, cand: Individual, incumbent: Individual) -> str:
-        """After the screening run: 'promote' (no statistics), 'test', or 'untested'."""
+    def screen(self, cand: Individual, incumbent: Individual, parents: tuple[Individual, ...] = ()) -> str:
+        """After the screening run: 'promote' (no statistics), 'test', or 'untested'.
+
+        `parents`: a candidate that did not beat its parents on the screening seed is not tested
+        with statistics on: it brings nothing they lack that shows, and each parent that looked
+        as good against the incumbent was screened for a test itself."""
         if cand.value is None or incumbent.value is None or cand.index == incumbent.index:
             return "untested"
         better = self.direction.better(cand.value, incumbent.value)
         if not self.cfg.enabled or self.noiseless:
             return "promote" if better else "untested"
+        if any(p.value is not None and p.index != incumbent.index and not self.direction.better(cand.value, p.value) for p in parents):
+            return "untested"
         if self.noise is None:
             return "test" if better else "untested"
         loss = self.direction.loss
@@ -214,10 +220,18 @@ class Judge:
         d = sprt.paired_sprt(list(pairs.values()), delta=self.delta, alpha=self.cfg.alpha, beta=self.cfg.beta,
                              max_pairs=self.cfg.max_pairs, sigma=None, sigma_prior=sigma or None, prior_df=df if sigma else 0.0)
         used = [-x for x in list(pairs.values())[: d.n]]  # gains on seeds that played no part in selecting it
-        half = 1.96 * sigma / math.sqrt(len(used)) if used and sigma else math.nan
         info = {"llr": d.llr, "pairs": d.n, "mean_diff": d.mean_diff, "sd": d.sd, "trace": list(d.trace),
-                "bounds": list(d.bounds), "delta": self.delta, "seeds": list(pairs)[: d.n], "sigma_pooled": sigma, "sigma_df": df,
-                "gain": statistics.fmean(used) if used else None, "gain_ci": [statistics.fmean(used) - half, statistics.fmean(used) + half] if used else None}
+                "bounds": list(d.bounds), "delta": self.delta, "seeds": list(pairs)[: d.n], "sigma_pooled": sigma, "sigma_df": df}
+        if used and sigma:
+            # the mean of the pairs that decided it overstates an accepted gain (the test stopped when
+            # they looked good): the reported gain is its empirical-Bayes posterior among the study's tests
+            study = [(-statistics.fmean(v), sigma ** 2 / len(v)) for v in (list(self.pairs(c, i).values()) for c, i in others) if v]
+            raw = statistics.fmean(used)
+            gain, sd = sprt.shrink(raw, sigma ** 2 / len(used), study + [(raw, sigma ** 2 / len(used))])
+            info |= {"gain": gain, "gain_ci": [gain - 1.96 * sd, gain + 1.96 * sd], "gain_raw": raw,
+                     "gain_rule": f"empirical-Bayes posterior over {len(study) + 1} promotion tests"}
+        elif used:
+            info |= {"gain": statistics.fmean(used), "gain_ci": None}
         return Verdict(d.decision, d.n, d.llr, info)
 
     def needed(self, cand: Individual, incumbent: Individual) -> list[tuple[Individual, int]]:

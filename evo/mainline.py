@@ -82,7 +82,7 @@ class Mainline:
     def screen(self, ind: Individual, pop: dict[int, Individual]) -> None:
         """After its screening run: promote (statistics off), start a promotion test, or leave it untested."""
         assert self.incumbent is not None
-        verdict = self.judge.screen(ind, self.incumbent)
+        verdict = self.judge.screen(ind, self.incumbent, tuple(pop[i] for i in ind.parent_indices if i in pop))
         if verdict == "promote":
             self.promote(ind, {"decision": Decision.ACCEPT.value, "rule": self.judge.single_run_rule}, pop)
         else:
@@ -136,10 +136,12 @@ class Mainline:
         subject = f"evo: promote #{ind.index} ({self.metric} {was} -> {ind.value:.6g})"
         rule = info.get("rule") or f"paired SPRT, {info.get('pairs', 0)} pairs, llr {info.get('llr', 0.0):.3g}"
         body = ind.description
-        if info.get("gain") is not None:  # the honest figure: measured on seeds that did not select it
+        if info.get("gain") is not None and info.get("gain_ci"):  # the honest figure: measured on seeds that did not select it
             lo, hi = info["gain_ci"]
             body += (f"\n\nGain over #{info.get('against', '?')} on {info['pairs']} fresh seed(s), not used to select it: "
-                     f"{info['gain']:.4g} (95% interval {lo:.4g} to {hi:.4g}; {self.metric} units, positive = better)")
+                     f"{info['gain']:.4g} (95% interval {lo:.4g} to {hi:.4g}; {self.metric} units, positive = better; "
+                     f"the pairs' own mean {info.get('gain_raw', info['gain']):.4g}, shrunk toward the study's other promotion "
+                     "tests because a test that accepted is one whose pairs came out well)")
         body += inherited(ind, prev, pop or {}) + changes_since(self.repo, old, ind.commit)
         parents = [old] if old == ind.commit else [p for p in (old, ind.commit) if p]
         message = lineage.promotion_message(subject, body, study=self.study, index=ind.index, trial=ind.runs[ind.screen_seed].trial,

@@ -15,7 +15,7 @@ from typing import Protocol
 from deap import base, tools
 
 from evo.config import SearchConfig
-from evo.individual import Direction, Individual, Status
+from evo.individual import Decision, Direction, Individual, Status
 
 
 @dataclass(frozen=True)
@@ -61,21 +61,50 @@ def evaluated(pop: dict[int, Individual], before_generation: int | None = None) 
 
 
 class Greedy:
-    """autoresearch's ratchet: always mutate the current best confirmed commit."""
+    """autoresearch's ratchet: always mutate the head of the line, the best screened descendant of the
+    mainline that no promotion test rejected (`head`).
+
+    Breeding only from the confirmed mainline makes the search wait for every small gain to be
+    proven on its own, and a single change rarely shows enough to be tested: the search stalls at
+    the first step smaller than the gate. Breeding from the screened head is autoresearch's keep-if-
+    better rule for the search itself, while the mainline moves only when the judge confirms the
+    whole line's gain (several small steps add up to one that a test can see)."""
 
     name = "greedy"
 
-    def __init__(self, cfg: SearchConfig) -> None:
+    def __init__(self, cfg: SearchConfig, direction: Direction = Direction.MINIMIZE) -> None:
         self.planned = cfg.generations
         self.tpe_rate = cfg.tpe_rate
+        self.direction = Direction(direction)
 
     def generation_of(self, index: int) -> int:
         return index
 
     def plan(self, index: int, pop: dict[int, Individual], incumbent: Individual, rng: random.Random) -> Plan | None:
+        parent = head(pop, incumbent, self.direction)
         if self.tpe_rate and rng.random() < self.tpe_rate:
-            return Plan(parents=(incumbent,), operator="tpe", generation=index)
-        return Plan(parents=(incumbent,), operator="mutation", generation=index)
+            return Plan(parents=(parent,), operator="tpe", generation=index)
+        return Plan(parents=(parent,), operator="mutation", generation=index)
+
+
+def head(pop: dict[int, Individual], incumbent: Individual, direction: Direction) -> Individual:
+    """The head of the incumbent's line: its best screened descendant (itself included) with no
+    rejected candidate on the way from the incumbent to it.
+
+    Screening runs share one seed, so comparing them is autoresearch's fixed-seed rule; a line whose
+    head a promotion test rejected is abandoned from that candidate on (the search falls back to
+    the best of what is left, the incumbent at worst), so a lucky run cannot hold the search."""
+    anc = ancestry(pop)
+    rejected = {i.index for i in pop.values() if i.index > incumbent.index and i.decision == Decision.REJECT}
+    best = incumbent
+    for ind in evaluated(pop):
+        if ind.index <= incumbent.index or incumbent.index not in anc.get(ind.index, ()):
+            continue
+        if ind.index in rejected or anc[ind.index] & rejected:
+            continue
+        if best.value is None or direction.better(ind.value, best.value):  # type: ignore[arg-type]
+            best = ind
+    return best
 
 
 class RandomSearch:
@@ -300,7 +329,7 @@ def failures(pop: dict[int, Individual], direction: Direction) -> dict[int, int]
 
 def make_strategy(cfg: SearchConfig, direction: Direction) -> Strategy:
     if cfg.strategy == "greedy":
-        return Greedy(cfg)
+        return Greedy(cfg, direction)
     if cfg.strategy == "random":
         return RandomSearch(cfg)
     return Population(cfg, direction, Direction(cfg.secondary_direction))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -30,9 +31,12 @@ def add(ind: Individual, seed: int, value: float) -> None:
     ind.runs[seed] = Run(seed=seed, trial=len(ind.runs), value=value, outcome="complete")
 
 
-def run_tests(gain: float, studies: int, per_study: int, keep: float, run_sd: float, gate: bool) -> tuple[int, int, int]:
-    """(accepted, decided tests, screened) for candidates of true gain `gain` (sigma units)."""
+def run_tests(gain: float | Callable[[random.Random], float], studies: int, per_study: int, keep: float, run_sd: float, gate: bool,
+              verdicts: list[tuple[float, dict]] | None = None) -> tuple[int, int, int]:
+    """(accepted, decided tests, screened) for candidates of true gain `gain` (sigma units; a float, or
+    drawn per candidate when callable); `verdicts` collects (true gain, evidence) of every test."""
     accepted = tested = screened = 0
+    draw = gain if callable(gain) else (lambda rng: gain)
     for rep in range(studies):
         rng = random.Random(rep)
         judge = Judge(SprtConfig(), Direction.MINIMIZE, seed=0)
@@ -44,6 +48,7 @@ def run_tests(gain: float, studies: int, per_study: int, keep: float, run_sd: fl
         tests: list[tuple[Individual, Individual]] = []
         for k in range(1, per_study + 1):
             cand = Individual(index=k, commit=f"c{k}", tree=f"c{k}", parent_indices=(0,))
+            gain = draw(rng)
             add(cand, 0, world_run(rng, 10.0 - gain, 0, k, keep, run_sd, rep))
             judge.observe(cand, 0)
             screened += 1
@@ -59,6 +64,8 @@ def run_tests(gain: float, studies: int, per_study: int, keep: float, run_sd: fl
                     break
                 assert judge.needed(cand, base), "a test that can go on must ask for a run"
             tests.append((cand, base))
+            if verdicts is not None:
+                verdicts.append((gain, verdict.info | {"decision": verdict.decision}))
             tested += 1
             accepted += verdict.decision == "accept"
             assert judge.screen_seed not in verdict.info["seeds"]  # the pair that selected it is never evidence
@@ -102,3 +109,37 @@ def test_delta_comes_from_every_unselected_replicate_in_the_study() -> None:
     fresh = Judge(SprtConfig(replicates=3), Direction.MAXIMIZE, seed=10)  # nothing observed: the replicates' sd
     assert fresh.fit(base) is not None and fresh.sigma == pytest.approx(fresh.noise.sigma_final)
 
+
+
+def test_the_reported_gain_of_accepted_candidates_is_not_inflated_by_the_tests_selection() -> None:
+    """A test that accepted after few pairs is one whose pairs came out well: their raw mean overstates
+    the gain; the reported (empirical-Bayes) gain does not, on average over the accepted tests."""
+    verdicts: list[tuple[float, dict]] = []
+    run_tests(gain=lambda rng: rng.choice((0.0, 0.5, 1.0, 2.0, 3.0)), studies=20, per_study=30, keep=0.5, run_sd=0.2,
+              gate=False, verdicts=verdicts)
+    acc = [(g, info) for g, info in verdicts if info["decision"] == "accept"]
+    assert len(acc) > 50
+    true = sum(g for g, _ in acc)
+    raw = sum(info["gain_raw"] for _, info in acc)
+    reported = sum(info["gain"] for _, info in acc)
+    assert raw > 1.1 * true, (raw, true)  # the selection effect this corrects is there
+    assert abs(reported / true - 1.0) < 0.06, (reported, true)
+    assert all(info["gain_ci"][0] <= info["gain"] <= info["gain_ci"][1] for _, info in acc)
+
+
+def test_a_candidate_no_better_than_its_parent_is_not_tested() -> None:
+    judge = Judge(SprtConfig(), Direction.MINIMIZE, seed=0)
+    base = Individual(index=0, commit="b", tree="b")
+    for s, v in zip(judge.replicate_seeds, (10.0, 10.5, 9.5, 10.2, 9.8, 10.1)):
+        add(base, s, v)
+        judge.observe(base, s)
+    assert judge.fit(base) is not None
+    parent = Individual(index=1, commit="p", tree="p", parent_indices=(0,))
+    add(parent, 0, 5.0)
+    child = Individual(index=2, commit="c", tree="c", parent_indices=(1,))
+    add(child, 0, 6.0)  # far better than the incumbent, worse than its parent
+    assert judge.screen(child, base) == "test"
+    assert judge.screen(child, base, (parent,)) == "untested"
+    assert judge.screen(parent, base, (base,)) == "test"  # the incumbent as parent: the usual gate
+    add(child, 0, 4.0)
+    assert judge.screen(child, base, (parent,)) == "test"

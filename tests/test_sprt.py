@@ -27,6 +27,7 @@ from evo.sprt import (  # noqa: E402
     paired_sprt,
     pooled_sd,
     promising,
+    shrink,
     required_pairs_fixed,
     small_sample_inflation,
     sprt_bounds,
@@ -427,3 +428,26 @@ def test_futility_nugget_keeps_a_better_curve_of_another_shape() -> None:
             r = t.update(c, 4.1 - 0.93 * (1 - 0.5 * c) + 0.01 * np.sin(7 * k))
         outcomes[nugget] = r
     assert outcomes == {0.0: "stop", 0.05: "continue"}
+
+
+def test_shrink_does_not_shrink_one_test_and_corrects_the_winners_curse() -> None:
+    assert shrink(2.0, 0.25, [(2.0, 0.25)]) == (2.0, 0.5)
+    with pytest.raises(ValueError):
+        shrink(1.0, -1.0, [])
+    assert shrink(1.0, 1.0, [(0.0, 1.0), (1.0, 1.0)]) == (0.5, 0.0)  # the means' spread is all noise: tau^2 = 0
+    m, sd = shrink(3.0, 1.0, [(0.0, 1.0), (3.0, 1.0)])  # var 2.25 - se^2 1: tau^2 1.25, weight 1.25 / 2.25
+    assert m == pytest.approx(1.5 + 1.5 * 1.25 / 2.25) and sd == pytest.approx(math.sqrt(1.25 / 2.25))
+    # gains drawn from a prior, one noisy mean each; keep those that look best (as a test accepts):
+    # their raw means overstate the truth, the posterior means do not
+    rng = np.random.default_rng(0)
+    raw_err, post_err = [], []
+    for _ in range(200):
+        true = rng.normal(1.0, 1.0, 40)
+        se2 = rng.choice([0.5, 1.0, 2.0], 40)
+        obs = true + rng.normal(0.0, np.sqrt(se2))
+        study = list(zip(obs.tolist(), se2.tolist()))
+        for k in np.argsort(obs)[-10:]:
+            raw_err.append(obs[k] - true[k])
+            post_err.append(shrink(float(obs[k]), float(se2[k]), study)[0] - true[k])
+    assert np.mean(raw_err) > 0.5
+    assert abs(np.mean(post_err)) < 0.15

@@ -17,8 +17,8 @@ from evo.bench.targets import FAMILIES, check, generate
 from evo.config import ConfigError, SearchConfig
 from evo.executors import inprocess
 from evo.gitrepo import GitRepo
-from evo.individual import Individual, Run, Status
-from evo.strategies import Population, ancestry, nested
+from evo.individual import Decision, Individual, Run, Status
+from evo.strategies import Greedy, Population, ancestry, head, nested
 from operators.base import Context, OperatorError, Parent
 from operators.constants import ConstantsMutation, find_constants, perturb
 from operators.crossover import FitterResolver, RandomResolver, crossover, line_merge
@@ -217,6 +217,25 @@ def test_improving_side_lines_are_merged_into_the_incumbent_once() -> None:
     assert all(strat.plan(6, pop, pop[3], random.Random(s)).operator == "mutation" for s in range(20))  # type: ignore[union-attr]
     off = Population(SearchConfig(population=8, generations=5, crossover_rate=0.0, exploit=1.0, merge_side_lines=False), "minimize")
     assert off.plan(5, {k: v for k, v in pop.items() if k < 5}, pop[3], random.Random(0)).operator == "mutation"  # type: ignore[union-attr]
+
+
+def test_greedy_breeds_from_the_best_screened_line_below_the_incumbent_and_drops_rejected_lines() -> None:
+    # 0 baseline; 1 (incumbent) <- 2 (better on the screening seed) <- 3 (better still); 4 a worse child of 3;
+    # 5 a better sibling line of the baseline (not under the incumbent: never the head)
+    pop = {0: ind(0, [9.0]), 1: ind(1, [8.0]), 2: ind(2, [7.0], (1,)), 3: ind(3, [6.0], (2,)), 4: ind(4, [6.5], (3,)),
+           5: ind(5, [1.0], (0,))}
+    greedy = Greedy(SearchConfig(generations=10), "minimize")
+    assert head(pop, pop[1], greedy.direction).index == 3
+    assert {greedy.plan(6, pop, pop[1], random.Random(s)).parents[0].index for s in range(10)} == {3}  # type: ignore[union-attr]
+    pop[3].decision = Decision.REJECT  # its promotion test said no: the line is abandoned from 3 on, 4 with it
+    assert head(pop, pop[1], greedy.direction).index == 2
+    pop[2].decision = Decision.REJECT
+    assert head(pop, pop[1], greedy.direction).index == 1  # back to the incumbent
+    pop[2].decision = Decision.INCONCLUSIVE  # undecided at the cap: still bred from
+    assert head(pop, pop[1], greedy.direction).index == 2
+    assert head(pop, pop[3], greedy.direction).index == 3  # a rejected line below the incumbent: only what is after it counts
+    maxi = {0: ind(0, [1.0]), 1: ind(1, [2.0]), 2: ind(2, [0.5], (1,))}
+    assert head(maxi, maxi[0], greedy.direction).index == 2 and head(maxi, maxi[0], Greedy(SearchConfig(), "maximize").direction).index == 1
 
 
 # -- the real engine ---------------------------------------------------------------------------------------

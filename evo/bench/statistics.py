@@ -182,9 +182,19 @@ def measure(task: dict[str, Any], world: World, summary: dict[str, Any], archive
         prev = p["candidate"]
     tip = repo.ref(attrs["mainline"])
     gain = true_gain(text(tip))
+    # the search's own head at the end (the last child's parent): how far the confirmed mainline lags it
+    last_child = max((t for t in trials if t.user_attrs.get("role") == "candidate" and t.user_attrs.get("parent_indices")),
+                     key=lambda t: int(t.user_attrs["index"]), default=None)
+    head_gain = gain
+    if last_child is not None:
+        p0 = int(last_child.user_attrs["parent_indices"][0])
+        head_gain = true_gain(text(by_index[p0].user_attrs["commit"] if p0 else attrs["base_commit"]))
     base_value = by_index[0].value
     last = by_index.get(int(promos[-1]["index"])) if promos else by_index[0]
-    reported = (base_value - last.value) if promos and last is not None and last.value is not None else 0.0
+    screened = (base_value - last.value) if promos and last is not None and last.value is not None else 0.0
+    # what evo reports (`evo best`'s fresh gain): each step's gain on the seeds that did not select it, summed
+    fresh = [p.get("gain") for p in promos]
+    reported = sum(float(g) for g in fresh) if all(g is not None for g in fresh) else screened
     # the futility test, judged by the truth: runs of children whose own change is better by delta
     delta = (attrs.get("noise") or {}).get("sigma_final", 1.0) * 1.25
     stops = {"constant": [0, 0], "growing": [0, 0]}
@@ -201,14 +211,18 @@ def measure(task: dict[str, Any], world: World, summary: dict[str, Any], archive
             stops[k][1] += 1
             stops[k][0] += t.user_attrs.get("outcome") == "pruned"
     tests = [d for d in (attrs.get("decisions") or {}).values() if d.get("pairs")]
-    null_tests = [d for i, d in (attrs.get("decisions") or {}).items() if d.get("pairs") and parse(text(by_index[int(i)].user_attrs["commit"]))[-1]["effect"] <= 0]
+    # a test is of the whole line against the incumbent it was tested against (with breeding from the
+    # head, a candidate brings every change since the mainline): no-gain = that difference <= 0
+    code = lambda i: text(by_index[int(i)].user_attrs["commit"] if int(i) else attrs["base_commit"])  # noqa: E731
+    null_tests = [d for i, d in (attrs.get("decisions") or {}).items()
+                  if d.get("pairs") and true_gain(code(i)) - true_gain(code(d.get("against", 0))) <= 0]
     return {
         "rule": task["rule"], "rep": task["rep"], "world": asdict(world), "budget": task["budget"],
-        "gain": gain, "commits": len(promos), "no_gain_commits": no_gain, "commit_gains": commits,
+        "gain": gain, "head_gain": head_gain, "commits": len(promos), "no_gain_commits": no_gain, "commit_gains": commits,
         "candidates": summary["candidates"], "runs": summary["spent_runs"], "run_seconds": summary["run_seconds"],
         "runs_per_candidate": summary["spent_runs"] / max(1, summary["candidates"]),
         "seconds_per_candidate": summary["run_seconds"] / max(1, summary["candidates"]),
-        "reported_gain": reported, "tests": len(tests), "null_tests": len(null_tests),
+        "reported_gain": reported, "screened_gain": screened, "tests": len(tests), "null_tests": len(null_tests),
         "null_accepts": sum(1 for d in null_tests if d.get("decision") == "accept"),
         "futility_stops": stops, "futility_saved_share": saved / (first_seconds + saved) if first_seconds + saved else 0.0,
         "delta": delta,
@@ -250,11 +264,13 @@ def summarise(rs: list[dict[str, Any]]) -> dict[str, Any]:
     stops = {k: [sum(r["futility_stops"][k][0] for r in rs), sum(r["futility_stops"][k][1] for r in rs)] for k in ("constant", "growing")}
     tests, accepts = sum(r["null_tests"] for r in rs), sum(r["null_accepts"] for r in rs)
     true_total, reported_total = sum(r["gain"] for r in rs), sum(r["reported_gain"] for r in rs)
+    screened_total = sum(r.get("screened_gain", r["reported_gain"]) for r in rs)
     return {
         "n": len(rs), "gain": stat("gain"), "no_gain_commits": stat("no_gain_commits"), "commits": stat("commits"),
         "runs_per_candidate": stat("runs_per_candidate"), "seconds_per_candidate": stat("seconds_per_candidate"),
         "candidates": stat("candidates"), "futility_saved_share": stat("futility_saved_share"),
         "reported_over_true": reported_total / true_total if true_total else math.nan,
+        "screened_over_true": screened_total / true_total if true_total else math.nan,
         "false_acceptance": {"accepted": accepts, "tests": tests, "rate": accepts / tests if tests else math.nan},
         "futility_stop_rate_delta_better": {k: {"stopped": v[0], "runs": v[1], "rate": v[0] / v[1] if v[1] else math.nan} for k, v in stops.items()},
     }
