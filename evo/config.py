@@ -101,7 +101,7 @@ class SprtConfig:
     futility_alpha: float = 0.1  # chance of stopping a run that is truly better by delta
     gate: float = 1.5  # only test candidates whose screening run shows gate*delta (docs/statistics.md: measured)
     futility: bool = True  # stop clearly-worse runs early
-    seed_corr: float = 0.0  # futility test: share of the seed's effect a change keeps (0 assumes none: safe)
+    seed_corr: float = 0.0  # futility test: least share of the seed's effect a change keeps (the study's measured lower bound is used when larger)
 
 
 @dataclass(frozen=True)

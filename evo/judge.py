@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from evo import sprt
 from evo.config import SprtConfig
@@ -65,6 +66,7 @@ class Judge:
         # per individual: (n, mean, sum of squares about the mean) of its unselected final losses
         self._spread: dict[int, tuple[int, float, float]] = {}
         self._ss, self._df = 0.0, 0
+        self._pairs_sd: tuple[float, int] = (0.0, 0)  # pooled sd of the study's confirmation pairs, data alone
 
     @property
     def screen_seed(self) -> int:
@@ -161,9 +163,26 @@ class Judge:
         # seed_corr: how much of the seed's effect a change is assumed to keep (0 assumes none: safe)
         cps = np.asarray(self.noise.checkpoints, dtype=float)
         tests = tuple(sprt.FutilityTest(self.noise, reference=[float(x) for x in ref], delta=None, alpha=self.cfg.futility_alpha,
-                                        paired=True, seed_corr=self.cfg.seed_corr, shape=shape)
+                                        paired=True, seed_corr=max(self.cfg.seed_corr, self.seed_corr()), shape=shape)
                       for shape in (None, cps / cps[-1]))
         return Monitor(tests, self.direction)
+
+    def note_tests(self, tests: list[tuple[Individual, Individual]]) -> None:
+        """Every promotion test of the study so far (after each run and on resume, so a resumed study
+        monitors its runs exactly as one never stopped): the pairs' pooled sd, for `seed_corr`."""
+        self._pairs_sd = sprt.pooled_sd([list(self.pairs(c, i).values()) for c, i in tests])
+
+    def seed_corr(self) -> float:
+        """How much of a seed's effect two different codes share, measured, at its 90% lower bound (0 until measured).
+
+        Two codes on one seed differ by var 2 sigma^2 (1 - rho), so the confirmation pairs' pooled
+        variance against the pooled within-individual one gives rho; the pairs' variance is taken at
+        its chi-square upper bound, so a study that has few pairs assumes little and stops little."""
+        sd, df = self._pairs_sd
+        if df < 3 or not math.isfinite(self.sigma) or self.sigma <= 0:
+            return 0.0
+        upper = sd ** 2 * df / float(stats.chi2.ppf(0.1, df))
+        return min(0.9, max(0.0, 1.0 - upper / (2.0 * self.sigma ** 2)))
 
     def screen(self, cand: Individual, incumbent: Individual, parents: tuple[Individual, ...] = ()) -> str:
         """After the screening run: 'promote' (no statistics), 'test', or 'untested'.

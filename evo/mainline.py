@@ -90,6 +90,7 @@ class Mainline:
 
     def update_tests(self, pop: dict[int, Individual], running: set[int]) -> None:
         """Decide every promotion test whose evidence is in; `running` = individuals with runs in flight."""
+        self.judge.note_tests(self.tests(pop))
         for ind in sorted(pop.values(), key=lambda i: i.index):
             if ind.decision != Decision.TESTING or self.incumbent is None or ind.index == self.incumbent.index:
                 continue

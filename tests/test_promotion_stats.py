@@ -143,3 +143,25 @@ def test_a_candidate_no_better_than_its_parent_is_not_tested() -> None:
     assert judge.screen(parent, base, (base,)) == "test"  # the incumbent as parent: the usual gate
     add(child, 0, 4.0)
     assert judge.screen(child, base, (parent,)) == "test"
+
+
+def test_the_futility_test_assumes_the_seed_correlation_the_study_has_measured() -> None:
+    """Pairs of two codes on one seed that vary far less than one code across seeds: the seed's effect
+    is shared, so the futility test may pair on it; before any pairs (or with unshared seeds) it assumes none."""
+    for keep, expect_low, expect_high in ((0.95, 0.5, 0.9), (0.0, 0.0, 0.15)):
+        rng = random.Random(1)
+        judge = Judge(SprtConfig(), Direction.MINIMIZE, seed=0)
+        base = Individual(index=0, commit="b", tree="b")
+        for s in judge.replicate_seeds:
+            add(base, s, world_run(rng, 10.0, s, 0, keep, 0.0, 0))
+            judge.observe(base, s)
+        assert judge.fit(base) is not None and judge.seed_corr() == 0.0
+        tests = []
+        for k in range(1, 9):
+            cand = Individual(index=k, commit=f"c{k}", tree=f"c{k}", parent_indices=(0,))
+            for s in judge.confirm_seeds[:4]:
+                add(cand, s, world_run(rng, 9.0, s, k, keep, 0.0, 0))
+                judge.observe(cand, s)
+            tests.append((cand, base))
+        judge.note_tests(tests)
+        assert expect_low <= judge.seed_corr() <= expect_high, (keep, judge.seed_corr())
