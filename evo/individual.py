@@ -208,23 +208,17 @@ class PopIndex:
         self._ranked_as: dict[int, tuple[float, int]] = {}
 
     def build(self, pop: dict[int, Individual]) -> None:
-        """Index a whole population (once per start)."""
+        """Index a whole population (once per start): one sort of the ranks, not an insertion each."""
         self.__init__(self.direction)  # type: ignore[misc]
         for idx in sorted(pop):
-            self.note(pop[idx])
+            key = self._place(pop[idx])
+            if key is not None:
+                self._ranked_as[idx] = key
+        self.ranked = sorted(self._ranked_as.values())
 
     def note(self, ind: Individual) -> None:
+        key = self._place(ind)
         i = ind.index
-        self.top = max(self.top, i)
-        _member(self.pending, i, ind.status == Status.PENDING and bool(ind.commit))
-        _member(self.testing, i, ind.decision == Decision.TESTING)
-        _member(self.finished, i, ind.status in FINISHED)
-        if ind.commit and ind.reused_from is None and ind.tree:
-            first = self.trees.setdefault(ind.tree, i)
-            if i < first:
-                self.trees[ind.tree] = i
-        value = ind.value
-        key = (self.direction.sort_key(value), i) if ind.status == Status.EVALUATED and value is not None else None
         old = self._ranked_as.get(i)
         if old == key:
             return
@@ -234,6 +228,21 @@ class PopIndex:
         if key is not None:
             bisect.insort(self.ranked, key)
             self._ranked_as[i] = key
+
+    def _place(self, ind: Individual) -> tuple[float, int] | None:
+        """Put `ind` in or out of the sets; its rank key if it is evaluated."""
+        i = ind.index
+        if i > self.top:
+            self.top = i
+        _member(self.pending, i, ind.status == Status.PENDING and bool(ind.commit))
+        _member(self.testing, i, ind.decision == Decision.TESTING)
+        _member(self.finished, i, ind.status in FINISHED)
+        if ind.commit and ind.reused_from is None and ind.tree:
+            first = self.trees.setdefault(ind.tree, i)
+            if i < first:
+                self.trees[ind.tree] = i
+        value = ind.value
+        return (self.direction.sort_key(value), i) if ind.status == Status.EVALUATED and value is not None else None
 
     def best(self, pop: dict[int, Individual], k: int, skip: int | None = None) -> list[Individual]:
         """The k best evaluated individuals by screening value (ties to the earlier), `skip` left out."""
