@@ -76,12 +76,13 @@ class Greedy:
         self.planned = cfg.generations
         self.tpe_rate = cfg.tpe_rate
         self.direction = Direction(direction)
+        self.heads = HeadTracker(self.direction)
 
     def generation_of(self, index: int) -> int:
         return index
 
     def plan(self, index: int, pop: dict[int, Individual], incumbent: Individual, rng: random.Random) -> Plan | None:
-        parent = head(pop, incumbent, self.direction)
+        parent = self.heads.head(pop, incumbent)
         if self.tpe_rate and rng.random() < self.tpe_rate:
             return Plan(parents=(parent,), operator="tpe", generation=index)
         return Plan(parents=(parent,), operator="mutation", generation=index)
@@ -93,18 +94,65 @@ def head(pop: dict[int, Individual], incumbent: Individual, direction: Direction
 
     Screening runs share one seed, so comparing them is autoresearch's fixed-seed rule; a line whose
     head a promotion test rejected is abandoned from that candidate on (the search falls back to
-    the best of what is left, the incumbent at worst), so a lucky run cannot hold the search."""
-    anc = ancestry(pop)
-    rejected = {i.index for i in pop.values() if i.index > incumbent.index and i.decision == Decision.REJECT}
-    best = incumbent
-    for ind in evaluated(pop):
-        if ind.index <= incumbent.index or incumbent.index not in anc.get(ind.index, ()):
-            continue
-        if ind.index in rejected or anc[ind.index] & rejected:
-            continue
-        if best.value is None or direction.better(ind.value, best.value):  # type: ignore[arg-type]
-            best = ind
-    return best
+    the best of what is left, the incumbent at worst), so a lucky run cannot hold the search.
+    O(population); `HeadTracker` answers the same in O(1) amortised per child."""
+    return HeadTracker(direction).head(pop, incumbent)
+
+
+class HeadTracker:
+    """`head()` kept up to date as the population grows, so a plan does not walk the population.
+
+    The incumbent's line (its descendants through any parent, cut below rejected candidates) is
+    walked again only when the incumbent changes or one of its candidates is rejected; otherwise each
+    plan adds the new children and looks again at the few whose run or decision is still open."""
+
+    def __init__(self, direction: Direction) -> None:
+        self.direction = direction
+        self.children: dict[int, list[int]] = {}
+        self.seen = -1  # the largest index whose parents are in `children`
+        self.inc = -1  # the incumbent the line below was walked from
+        self.line: set[int] = set()
+        self.open: set[int] = set()  # members whose screening run or promotion decision may still change
+        self.best = -1
+
+    def head(self, pop: dict[int, Individual], incumbent: Individual) -> Individual:
+        new = [i for i in range(self.seen + 1, max(pop) + 1) if i in pop]
+        for i in new:
+            for p in set(pop[i].parent_indices):
+                if p != i:
+                    self.children.setdefault(p, []).append(i)
+        self.seen = max(self.seen, max(pop))
+        if incumbent.index != self.inc:
+            self._walk(pop, incumbent)
+        else:
+            for i in new:
+                if any(p in self.line for p in pop[i].parent_indices if p != i):
+                    self.line.add(i)
+                    self.open.add(i)
+            if any(pop[i].decision == Decision.REJECT for i in self.open):
+                self._walk(pop, incumbent)
+        for i in sorted(self.open):
+            self._consider(pop[i], pop)
+        return pop[self.best]
+
+    def _walk(self, pop: dict[int, Individual], incumbent: Individual) -> None:
+        self.inc, self.best = incumbent.index, incumbent.index
+        self.line, self.open, todo = set(), set(), [incumbent.index]
+        while todo:
+            i = todo.pop()
+            if i in self.line or (i != incumbent.index and pop[i].decision == Decision.REJECT):
+                continue
+            self.line.add(i)
+            self.open.add(i)
+            todo.extend(self.children.get(i, ()))
+
+    def _consider(self, ind: Individual, pop: dict[int, Individual]) -> None:
+        best = pop[self.best]
+        if ind.status == Status.EVALUATED and ind.value is not None and (
+                best.value is None or self.direction.better(ind.value, best.value) or (ind.value == best.value and ind.index < best.index)):
+            self.best = ind.index
+        if ind.finished and (ind.status != Status.EVALUATED or ind.decision not in (Decision.NONE, Decision.TESTING)):
+            self.open.discard(ind.index)  # nothing about it can change any more (but a rejection: see `head`)
 
 
 class RandomSearch:

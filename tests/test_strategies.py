@@ -18,7 +18,7 @@ from evo.config import ConfigError, SearchConfig
 from evo.executors import inprocess
 from evo.gitrepo import GitRepo
 from evo.individual import Decision, Individual, Run, Status
-from evo.strategies import Greedy, Population, ancestry, head, nested
+from evo.strategies import Greedy, HeadTracker, Population, ancestry, head, nested
 from operators.base import Context, OperatorError, Parent
 from operators.constants import ConstantsMutation, find_constants, perturb
 from operators.crossover import FitterResolver, RandomResolver, crossover, line_merge
@@ -236,6 +236,31 @@ def test_greedy_breeds_from_the_best_screened_line_below_the_incumbent_and_drops
     assert head(pop, pop[3], greedy.direction).index == 3  # a rejected line below the incumbent: only what is after it counts
     maxi = {0: ind(0, [1.0]), 1: ind(1, [2.0]), 2: ind(2, [0.5], (1,))}
     assert head(maxi, maxi[0], greedy.direction).index == 2 and head(maxi, maxi[0], Greedy(SearchConfig(), "maximize").direction).index == 1
+
+
+def test_the_kept_head_equals_the_head_walked_afresh_as_the_population_grows() -> None:
+    """HeadTracker answers each plan from what changed; a walk of the whole population must agree at every step."""
+    rng = random.Random(5)
+    kept = HeadTracker(Greedy(SearchConfig()).direction)
+    pop = {0: ind(0, [10.0])}
+    incumbent = pop[0]
+    for k in range(1, 400):
+        parent = kept.head(pop, incumbent)
+        assert parent.index == head(pop, incumbent, kept.direction).index, k
+        pop[k] = ind(k, None, (parent.index,) if rng.random() < 0.9 else (parent.index, rng.randrange(k)))
+        for i in rng.sample(sorted(pop), min(3, len(pop))):  # runs and decisions land in any order
+            x = pop[i]
+            if i and x.status == Status.RUNNING:
+                x.status = rng.choice((Status.EVALUATED, Status.EVALUATED, Status.PRUNED, Status.FAILED))
+                if x.status == Status.EVALUATED:
+                    x.runs[0] = Run(seed=0, trial=i, value=round(pop[x.parent_indices[0]].value or 10.0) - rng.choice((-1, 0, 1, 2)) * 0.5, outcome="complete")
+            elif i and x.status == Status.EVALUATED and x.decision == Decision.NONE:
+                x.decision = rng.choice((Decision.UNTESTED, Decision.TESTING))
+            elif i and x.decision == Decision.TESTING:
+                x.decision = rng.choice((Decision.REJECT, Decision.INCONCLUSIVE, Decision.ACCEPT))
+                if x.decision == Decision.ACCEPT:
+                    incumbent = x
+    assert len(kept.open) < 40  # finished, decided individuals leave the open set
 
 
 # -- the real engine ---------------------------------------------------------------------------------------
