@@ -29,6 +29,9 @@ class Mainline:
         self.decisions: dict[str, dict[str, Any]] = {}
         self.promotions: list[dict[str, Any]] = []
         self.incumbent: Individual | None = None
+        # kept as decisions are made, so that no run's recording walks every decision of the study
+        self.testing: set[int] = set()  # promotion tests under way
+        self.tested: list[tuple[int, int]] = []  # decided tests: (candidate, the incumbent it was tested against)
 
     @property
     def branch(self) -> str:
@@ -40,9 +43,11 @@ class Mainline:
         if self.repo.ref(self.ref) is None:
             self.repo.set_ref(self.ref, base, reason="evo: study mainline")
         self.decisions = dict(self.archive.attrs.get("decisions", {}))
-        for key, d in self.decisions.items():
+        self.testing, self.tested = set(), []
+        for key, d in sorted(self.decisions.items(), key=lambda kv: int(kv[0])):
             if int(key) in pop:
                 pop[int(key)].decision = Decision(d.get("decision", ""))
+                self._note(int(key), d)
         recorded = {p["index"]: p for p in self.archive.attrs.get("promotions", [])}
         steps = lineage.mainline(self.repo, base, self.repo.ref(self.ref))
         self.promotions = []
@@ -54,6 +59,7 @@ class Mainline:
             self.promotions.append(p)
             if self.decisions.get(str(step.index), {}).get("decision") != Decision.ACCEPT:  # killed before the decision was written
                 self.decisions[str(step.index)] = {"decision": Decision.ACCEPT.value, "recovered": True}
+                self.testing.discard(step.index)
                 recovered.append(step.index)
                 changed = True
             if step.index in pop:
@@ -91,7 +97,7 @@ class Mainline:
     def update_tests(self, pop: dict[int, Individual], running: set[int]) -> None:
         """Decide every promotion test whose evidence is in; `running` = individuals with runs in flight."""
         self.judge.note_tests(self.tests(pop))
-        for ind in sorted(pop.values(), key=lambda i: i.index):
+        for ind in [pop[i] for i in sorted(self.testing)]:
             if ind.decision != Decision.TESTING or self.incumbent is None or ind.index == self.incumbent.index:
                 continue
             if self.judge.noiseless:  # identical replicates: one run says it all
@@ -114,19 +120,24 @@ class Mainline:
 
     def tests(self, pop: dict[int, Individual]) -> list[tuple[Individual, Individual]]:
         """Every promotion test of the study: (candidate, the incumbent it was tested against)."""
-        out = []
-        for key, d in self.decisions.items():
-            against = d.get("against")
-            if d.get("pairs") and against is not None and int(key) in pop and int(against) in pop and d.get("decision") != Decision.TESTING:
-                out.append((pop[int(key)], pop[int(against)]))
+        out = [(pop[c], pop[a]) for c, a in self.tested if c in pop and a in pop]
         if self.incumbent is not None:
-            out += [(i, self.incumbent) for i in pop.values() if i.decision == Decision.TESTING]
+            out += [(pop[i], self.incumbent) for i in sorted(self.testing) if i in pop]
         return out
 
     def decide(self, ind: Individual, decision: Decision, info: dict[str, Any]) -> None:
         ind.decision = decision
         self.decisions[str(ind.index)] = info | {"decision": decision.value, "time": time.time()}
+        self._note(ind.index, self.decisions[str(ind.index)])
         self.archive.set_row("decisions", ind.index, self.decisions[str(ind.index)])
+
+    def _note(self, index: int, d: dict[str, Any]) -> None:
+        if d.get("decision") == Decision.TESTING:
+            self.testing.add(index)
+            return
+        self.testing.discard(index)
+        if d.get("pairs") and d.get("against") is not None:
+            self.tested.append((index, int(d["against"])))
 
     def promote(self, ind: Individual, info: dict[str, Any], pop: dict[int, Individual] | None = None) -> None:
         """Advance the mainline by one auditable commit: the candidate's tree, both lines as parents."""
