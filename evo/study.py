@@ -287,6 +287,7 @@ class Study:
         self.archive.set_attr("wall_seconds", round(self.wall_seconds(), 3))
         self.archive.set_attr("stopped", {"reason": self.stop_reason or "planned children made and decided",
                                           "runs": self.spent_runs, "run_seconds": round(self.spent_seconds, 3), "time": time.time()})
+        self.archive.close()
 
     def summary(self) -> dict[str, Any]:
         inds = [i for i in self.pop.values() if i.index > 0]

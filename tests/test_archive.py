@@ -68,3 +68,14 @@ def test_the_writer_writes_what_optuna_writes(tmp_path: Path) -> None:
     study = optuna.load_study(study_name="ours", storage=url)
     assert study.best_trial.number == 0 and len(study.trials_dataframe()) == 5
     assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(url)}["ours"] == 5
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    """A write is an append to SQLite's write-ahead log with synchronous=NORMAL, not a sync of the database file."""
+    import sqlalchemy as sa
+
+    ar = Archive(f"sqlite:///{tmp_path / 'evo.db'}", "s", direction="minimize")
+    ar.add("complete", 1.0, {"index": 0})
+    with archive_mod._rdb(ar.storage).engine.connect() as conn:  # type: ignore[union-attr]
+        assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(sa.text("PRAGMA synchronous")).scalar() == 1  # NORMAL

@@ -646,7 +646,7 @@ def _snapshot(root: Path, skip: Path) -> dict[str, str]:
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
-        if p == skip or skip in p.parents or rel.parts[0] in ("results", "evo.db", "evo.db-journal") or ".git" in rel.parts:
+        if p == skip or skip in p.parents or rel.parts[0] in ("results", "evo.db", "evo.db-journal", "evo.db-wal", "evo.db-shm") or ".git" in rel.parts:
             continue
         out[str(rel)] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
     return out

@@ -6,8 +6,8 @@ already imported evo (importing scipy and optuna costs more than a whole attempt
 `python -m evo search` processes. Nothing in evo knows it is being tested. The moment of a kill
 is a random delay, or is aimed from outside at a phase by watching what evo does:
 
-  startup    the study being made: evo is stepped from one SQLite write to the next (stopped as each
-             write's journal goes) until some, not all, of the facts that make a study are written;
+  startup    the study being made: evo is stepped from one SQLite write to the next (stopped after each
+             write to the write-ahead log) until some, not all, of the facts that make a study are written;
              or, once made, opened again (a random delay after the start)
   commit     a child's ref being written (git's lock file under refs/evo/<study>/c/)
   run        a child's run going (a run process carries EVO_ROLE, EVO_INDIVIDUAL and EVO_SEED)
@@ -465,7 +465,21 @@ class Moment:
         self.warm: set[int] = set()  # those forked warm
         self.refs = disk.repo / ".git" / "refs" / "heads" / "evo" / disk.name  # the mainline
         self.children = disk.repo / ".git" / "refs" / "evo" / disk.name / "c"  # the candidates' refs (not branches)
-        self.journal_file = disk.storage.with_name(disk.storage.name + "-journal")
+        self.wal_file = disk.storage.with_name(disk.storage.name + "-wal")  # the archive is SQLite in WAL mode
+        self._wal_seen = self.wal_state()
+
+    def wal_state(self) -> tuple[int, int]:
+        try:
+            st = os.stat(self.wal_file)
+            return st.st_size, st.st_mtime_ns
+        except OSError:
+            return (-1, -1)
+
+    def wrote(self) -> bool:
+        """The write-ahead log changed since the last look: a write is going or has just been committed."""
+        now = self.wal_state()
+        changed, self._wal_seen = now != self._wal_seen, now
+        return changed
 
     def going(self) -> dict[int, Run]:
         going = self._runs()
@@ -535,8 +549,9 @@ class Moment:
         self.until(lambda: any(role == "confirm" for _, _, role in self.runs()), limit, 0.002)
 
     def journal(self, limit: float) -> None:
-        """SQLite's journal appearing: in the middle of a write (a trial, a decision, a promotion)."""
-        self.until(self.journal_file.exists, limit, 0.0002)
+        """SQLite's write-ahead log growing: in the middle of a write (a trial, a decision, a promotion), or just after."""
+        self.wrote()
+        self.until(self.wrote, limit, 0.0002)
 
     def record(self, limit: float) -> None:
         """A child's run reported (its line printed) and its trial not committed: evo is stopped as each such
@@ -562,24 +577,24 @@ class Moment:
             db.close()
 
     def pause(self, db: sqlite3.Connection) -> str | None:
-        """Stop evo: 'writing' if it is in the middle of an SQLite write (its journal is there: nothing of the
-        write is committed), 'quiet' if it holds no lock (what is committed can be read while it stays stopped);
-        None if it has ended."""
-        for _ in range(1000):
-            os.kill(self.pid, signal.SIGSTOP)
-            if not wait_until(lambda: state(self.pid) in ("T", "t", "Z", "X", ""), 30) or not alive(self.pid):
-                return None
-            if self.journal_file.exists():
-                return "writing"
-            try:
-                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-                return "quiet"
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e):
-                    raise
-            os.kill(self.pid, signal.SIGCONT)  # SQLite drops the journal a moment before the lock: stop it again
-            time.sleep(0.0001)
-        raise AssertionError("evo kept the SQLite lock through 1000 stops")
+        """Stop evo: 'writing' if it is in the middle of an SQLite write (it holds the write lock: nothing of the
+        write is committed), 'quiet' if not (what is committed can be read while it stays stopped); None if it
+        has ended. In WAL mode readers never wait for a writer, so the lock is probed by taking it (BEGIN
+        IMMEDIATE, no wait) on a connection of our own and letting it go at once."""
+        os.kill(self.pid, signal.SIGSTOP)
+        if not wait_until(lambda: state(self.pid) in ("T", "t", "Z", "X", ""), 30) or not alive(self.pid):
+            return None
+        probe = sqlite3.connect(self.disk.storage, timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return "quiet"
+        except sqlite3.OperationalError as e:  # locked; or "locking protocol": stopped inside the WAL index's own locks
+            if not any(w in str(e) for w in ("locked", "busy", "locking protocol")):
+                raise
+            return "writing"
+        finally:
+            probe.close()
 
     def connect(self, limit: float) -> sqlite3.Connection | None:
         if not self.until(self.disk.storage.exists, limit, 0.0002):
@@ -587,22 +602,27 @@ class Moment:
         return sqlite3.connect(f"file:{self.disk.storage}?mode=ro", uri=True, timeout=0)
 
     def step(self, pred: Callable[[sqlite3.Connection], bool], limit: float, also: Callable[[], bool] = lambda: False) -> None:
-        """Step evo from one SQLite write to the next: stop it as each write's journal goes (so the committed
-        state can be read while nothing moves) and let it go on, until pred(a read-only connection) holds;
-        then leave it stopped, for the kill. `also`, watched all along, ends the wait too."""
+        """Step evo from one SQLite write to the next: stop it after each write to the write-ahead log (when it
+        holds no write lock, so the committed state can be read while nothing moves) and let it go on, until
+        pred(a read-only connection) holds; then leave it stopped, for the kill. `also`, watched all along,
+        ends the wait too."""
         end = time.monotonic() + limit
         db = self.connect(limit)
         if db is None:
             return
         try:
+            self.wrote()
             while time.monotonic() < end:
-                if not self.until(lambda: self.journal_file.exists() or also(), end - time.monotonic(), 0.0002) or also():
-                    return
-                if not self.until(lambda: not self.journal_file.exists() or also(), end - time.monotonic(), 0.0001) or also():
+                if not self.until(lambda: self.wrote() or also(), end - time.monotonic(), 0.0002) or also():
                     return
                 got = self.pause(db)
+                while got == "writing" and time.monotonic() < end:  # its commit is a moment away: let it finish
+                    os.kill(self.pid, signal.SIGCONT)
+                    time.sleep(0.0001)
+                    got = self.pause(db)
                 if got is None or (got == "quiet" and pred(db)):
                     return
+                self.wrote()  # what it wrote up to the stop is seen
                 os.kill(self.pid, signal.SIGCONT)
         finally:
             db.close()
