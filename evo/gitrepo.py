@@ -57,6 +57,7 @@ class GitRepo:
         self.path = p.resolve()
         self._repo = repo
         self._odb_lock = threading.Lock()  # GitPython's cat-file process serves one request at a time
+        self._files: dict[bytes, list[str]] = {}  # tree id -> its file listing
         if self.rev("HEAD", missing_ok=True) is None:
             raise GitError(f"{p}: the repository has no commits yet")
 
@@ -95,8 +96,33 @@ class GitRepo:
 
     # -- reading ------------------------------------------------------------------------------
     def ls_files(self, commit: str) -> list[str]:
-        raw = self.git("ls-tree", "-r", "-z", "--name-only", commit).stdout
-        return [p for p in raw.decode("utf-8", errors="surrogateescape").split("\0") if p]
+        """Every file's path at a commit (or tree), as `git ls-tree -r --name-only` lists them, read from the
+        object database in-process: a breeding step asked git for it, a process per child."""
+        with self._odb_lock:
+            root = self._tree_id(commit)
+            files = self._files.get(root)
+            if files is None:  # a tree never changes: its listing is kept
+                files = self._files[root] = [path for path, _, _ in self._walk(root, "")]
+        return list(files)
+
+    def _tree_id(self, rev: str) -> bytes:
+        obj = self._repo.rev_parse(rev)
+        return (obj.tree if obj.type == "commit" else obj).binsha
+
+    def _entries(self, tree: bytes | None) -> dict[str, tuple[bytes, int]]:
+        if tree is None:
+            return {}
+        return {name: (sha, mode) for sha, mode, name in tree_entries_from_data(self._repo.odb.stream(tree).read())}
+
+    def _walk(self, tree: bytes, prefix: str) -> list[tuple[str, bytes, int]]:
+        """(path, id, mode) of every non-tree entry under `tree`, in git's order."""
+        out = []
+        for name, (sha, mode) in _git_order(self._entries(tree)):
+            if mode == _TREE:
+                out += self._walk(sha, f"{prefix}{name}/")
+            else:
+                out.append((f"{prefix}{name}", sha, mode))
+        return out
 
     def match(self, commit: str, globs: tuple[str, ...] | list[str]) -> list[str]:
         return [p for p in self.ls_files(commit) if matches(p, globs)]
@@ -108,7 +134,7 @@ class GitRepo:
             try:
                 obj = self._repo.rev_parse(commit)
                 # a bare tree id carries no path: give it the root's, as a commit's tree has
-                tree = obj.tree if obj.type == "commit" else gitpython.Tree(self._repo, obj.binsha, 0o40000, "")
+                tree = obj.tree if obj.type == "commit" else gitpython.Tree(self._repo, obj.binsha, _TREE, "")
                 return (tree / path).data_stream.read()
             except (KeyError, ValueError, gitpython.BadName, gitpython.BadObject) as e:
                 raise GitError(f"{commit[:12]}:{path}: not in the repository ({type(e).__name__})") from None
@@ -123,8 +149,27 @@ class GitRepo:
         return out
 
     def changed_paths(self, a: str, b: str) -> list[str]:
-        raw = self.git("diff-tree", "-r", "-z", "--name-only", "--no-renames", a, b).stdout
-        return [p for p in raw.decode("utf-8", errors="surrogateescape").split("\0") if p]
+        """The paths whose content or mode differs between two commits or trees (added and removed ones
+        too), as `git diff-tree -r --name-only --no-renames` lists them; compared in-process, subtree
+        by subtree, so unchanged folders are never read."""
+        with self._odb_lock:
+            out: list[str] = []
+            self._diff(self._tree_id(a), self._tree_id(b), "", out)
+            return out
+
+    def _diff(self, a: bytes | None, b: bytes | None, prefix: str, out: list[str]) -> None:
+        ea, eb = self._entries(a), self._entries(b)
+        for name, _ in _git_order({**ea, **eb}):
+            x, y = ea.get(name), eb.get(name)
+            if x == y:
+                continue
+            x_tree, y_tree = x is not None and x[1] == _TREE, y is not None and y[1] == _TREE
+            if x_tree or y_tree:  # a folder on either side: what is under it; a file replaced by a folder (or back) too
+                if (x is not None and not x_tree) or (y is not None and not y_tree):
+                    out.append(f"{prefix}{name}")
+                self._diff(x[0] if x_tree else None, y[0] if y_tree else None, f"{prefix}{name}/", out)  # type: ignore[index]
+            else:
+                out.append(f"{prefix}{name}")
 
     def diff(self, a: str, b: str, paths: list[str] | None = None) -> str:
         return self.git("diff", a, b, "--", *(paths or [])).stdout.decode(errors="replace")
@@ -150,10 +195,7 @@ class GitRepo:
 
     def _write_subtree(self, tree: bytes | None, changes: dict[str, bytes]) -> bytes:
         """Tree `tree` (None: empty) with `changes` (paths relative to it) written over it; returns its id."""
-        entries: dict[str, tuple[bytes, int]] = {}
-        if tree is not None:
-            raw = self._repo.odb.stream(tree).read()
-            entries = {name: (sha, mode) for sha, mode, name in tree_entries_from_data(raw)}
+        entries = self._entries(tree)
         below: dict[str, dict[str, bytes]] = {}
         for path, blob in changes.items():
             head, _, rest = path.partition("/")
@@ -161,13 +203,12 @@ class GitRepo:
                 below.setdefault(head, {})[rest] = blob
             else:
                 mode = entries.get(head, (b"", 0o100644))[1]  # a file keeps its mode (executable, link)
-                entries[head] = (self._store(b"blob", blob), mode if mode != 0o40000 else 0o100644)
+                entries[head] = (self._store(b"blob", blob), mode if mode != _TREE else 0o100644)
         for head, sub in below.items():
             old = entries.get(head)
-            entries[head] = (self._write_subtree(old[0] if old and old[1] == 0o40000 else None, sub), 0o40000)
+            entries[head] = (self._write_subtree(old[0] if old and old[1] == _TREE else None, sub), _TREE)
         # git's order: a tree sorts as if its name ended in "/"
-        ordered = sorted(((sha, mode, name) for name, (sha, mode) in entries.items()),
-                         key=lambda e: e[2].encode("utf-8", "surrogateescape") + (b"/" if e[1] == 0o40000 else b""))
+        ordered = [(sha, mode, name) for name, (sha, mode) in _git_order(entries)]
         buf = io.BytesIO()
         tree_to_stream(ordered, buf.write)
         return self._store(b"tree", buf.getvalue())
@@ -221,6 +262,14 @@ class GitRepo:
 
     def archive(self, commit: str) -> bytes:
         return self.git("archive", "--format=tar", commit).stdout
+
+
+_TREE = 0o40000
+
+
+def _git_order(entries: dict[str, tuple[bytes, int]]) -> list[tuple[str, tuple[bytes, int]]]:
+    """Tree entries in git's order: a folder sorts as if its name ended in '/'."""
+    return sorted(entries.items(), key=lambda e: e[0].encode("utf-8", "surrogateescape") + (b"/" if e[1][1] == _TREE else b""))
 
 
 def export_tree(tar_bytes: bytes, dest: Path) -> None:

@@ -19,12 +19,13 @@ import json
 import random
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from evo import lineage
-from evo.bench.common import Scratch, Timer, describe, fmt, git, make_config, make_repo, run_search, study_attrs, study_trials
+from evo.bench.common import Scratch, Timer, describe, fmt, git, loadavg, make_config, make_repo, run_search, study_attrs, study_trials
 from evo.bench.probe import Probe
 
 FILES = {"target.py": (
@@ -33,7 +34,7 @@ FILES = {"target.py": (
 ), "README.md": "overhead benchmark\n"}
 NOOP = 'v=$RANDOM; echo "progress: 0.5 score: $v"; echo "score: $v"'
 
-FULL = {"candidates": 1000, "population_candidates": 103, "scale": [1000, 10000], "scale_candidates": 20, "bare": 30, "resumes": 2}
+FULL = {"candidates": 1000, "population_candidates": 103, "scale": [1000, 10000, 100000], "scale_candidates": 20, "bare": 30, "resumes": 2}
 QUICK = {"candidates": 100, "population_candidates": 0, "scale": [500], "scale_candidates": 5, "bare": 5, "resumes": 2}
 
 
@@ -57,8 +58,16 @@ def run(quick: bool, out: Path, seed: int = 0, sizes: dict[str, Any] | None = No
         for n in p["scale"]:
             res["scale"].append(scale_point(work, n, p["scale_candidates"], seed, p["resumes"]))
             s = res["scale"][-1]
-            log(f"  scale {n} trials/refs: resume {s['resume_s']['median']} s, refs listing {s['refs_listing_s']} s, "
-                f"inspection {s['inspection'].get('load_and_members_s')} s, overhead median {s['candidates']['overhead_ms'].get('median')} ms")
+            log(f"  scale {s['trials']} trials (load {s['loadavg']}): engine time per candidate {s['candidates']['overhead_ms'].get('median')} ms "
+                f"(median), resume {s['resume_s']['median']} s, evo trials --format csv {s['cli_s'].get('trials_csv')} s, "
+                f"evo best {s['cli_s'].get('best')} s, load_study().dataframe() {s['inspection'].get('load_and_dataframe_s')} s, "
+                f"refs listing {s['refs_listing_s']} s")
+        first, last = res["scale"][1:2], res["scale"][-1:]
+        if first and last and first[0] is not last[0]:
+            a, b = first[0]["candidates"]["overhead_ms"].get("median"), last[0]["candidates"]["overhead_ms"].get("median")
+            if a and b:
+                res["per_candidate_growth"] = round(b / a, 2)  # issue 18: <= 1.2 from 1,000 to 100,000 trials
+                log(f"  engine time per candidate at {last[0]['trials']} trials / at {first[0]['trials']}: {res['per_candidate_growth']}x")
     return res
 
 
@@ -128,7 +137,7 @@ def scale_point(work: Path, n: int, k: int, seed: int = 0, n_resumes: int = 3) -
     url = cfg.study.storage
     gr = GitRepo(repo)
     ns = f"refs/evo/{name}"
-    point: dict[str, Any] = {"trials_added": n, "build_s": round(built, 2)}
+    point: dict[str, Any] = {"trials_added": n, "build_s": round(built, 2), "loadavg": loadavg()}
 
     t = Timer()
     refs = gr.refs(f"{ns}/c/")
@@ -156,6 +165,7 @@ def scale_point(work: Path, n: int, k: int, seed: int = 0, n_resumes: int = 3) -
     list_studies(url)
     point["study_listing_s"] = round(t.seconds, 3)
     point["inspection"] = inspection(name, url)
+    point["cli_s"] = cli_timings(name, url)
 
     made = st.made
     cfg2 = _with_generations(cfg, made + k)
@@ -171,6 +181,19 @@ def _with_generations(cfg: Any, generations: int) -> Any:
     from evo.config import with_overrides
 
     return with_overrides(cfg, search={"generations": generations})
+
+
+def cli_timings(name: str, url: str) -> dict[str, Any]:
+    """`evo trials --format csv` and `evo best` as a user runs them: a fresh interpreter each (its
+    imports included), output thrown away; wall seconds."""
+    out: dict[str, Any] = {}
+    for key, args in (("trials_csv", ["trials", name, "--format", "csv"]), ("best", ["best", name])):
+        t = Timer()
+        proc = subprocess.run([sys.executable, "-m", "evo", *args, "--storage", url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        out[key] = round(t.seconds, 3)
+        if proc.returncode:
+            out[f"{key}_error"] = proc.stderr.decode(errors="replace")[-300:]
+    return out
 
 
 def inspection(name: str, url: str) -> dict[str, Any]:
@@ -197,6 +220,9 @@ def inspection(name: str, url: str) -> dict[str, Any]:
             t = Timer()
             s.dataframe()
             out["dataframe_s"] = round(t.seconds, 3)
+            t = Timer()
+            evo.load_study(name, url).dataframe()  # from nothing read, as a notebook's first cell
+            out["load_and_dataframe_s"] = round(t.seconds, 3)
         except Exception as e:  # noqa: BLE001 - pandas may be absent
             out["dataframe_error"] = str(e)[:200]
     except Exception as e:  # noqa: BLE001 - the inspection API is young; report what broke
@@ -310,9 +336,12 @@ def table(res: dict[str, Any]) -> list[tuple[str, str]]:
             parts = g["parts_ms"]
             rows.append((f"  {label} parts (median ms)", ", ".join(f"{k} {fmt(v.get('median'))}" for k, v in parts.items() if k != "run")))
     for s in res.get("scale", []):
-        c = s["candidates"]["overhead_ms"]
-        rows.append((f"{s['trials']} trials / {s['refs']} refs: resume, refs listing, inspection, overhead median",
-                     f"{fmt(s['resume_s']['median'])} s, {fmt(s['refs_listing_s'])} s, {fmt(s['inspection'].get('load_and_members_s'))} s, {fmt(c.get('median'))} ms"))
+        c, cli = s["candidates"]["overhead_ms"], s.get("cli_s", {})
+        rows.append((f"{s['trials']} trials (load {s.get('loadavg')}): engine ms/candidate, resume, trials csv, best, dataframe",
+                     f"{fmt(c.get('median'))} ms, {fmt(s['resume_s']['median'])} s, {fmt(cli.get('trials_csv'))} s, {fmt(cli.get('best'))} s, "
+                     f"{fmt(s['inspection'].get('load_and_dataframe_s'))} s"))
+    if "per_candidate_growth" in res:
+        rows.append(("engine time per candidate, largest / 1,000-trial study (issue 18: <= 1.2)", fmt(res["per_candidate_growth"])))
     return rows
 
 

@@ -1,4 +1,4 @@
-"""Worker utilisation with 4 slots when a share of runs crash or are pruned.
+"""Worker utilisation with 4 slots when a share of runs crash or are pruned; the controller's throughput on many slots.
 
 The target's runs sleep through 10 progress points (durations spread over [dmin, dmax], so runs
 overlap unevenly); a candidate's fate is drawn from a hash of (individual, seed): a share
@@ -11,6 +11,10 @@ utilisation = the executor's figure (seconds a slot held a job: export + run + c
 wall x slots, what `evo search` stores as the study's `utilisation` attr); run_utilisation =
 the runs' own seconds over the search's wall x slots; controller_busy = the share of the wall
 the single controller thread spent proposing, recording and printing (evo.bench.probe).
+
+No-op throughput (issue 18's controller figure): a random search whose runs only sleep
+(`sleep 2; echo score: $RANDOM`) on 32 slots, statistics off: candidates per second, utilisation
+and the controller's milliseconds per candidate, with the machine's load beside them.
 """
 
 from __future__ import annotations
@@ -55,8 +59,12 @@ for k in range(1, 11):
 print(f"score: {{value:.5f}}")
 '''
 
-FULL = {"population": 8, "generations": 4, "reps": 2, "dmin": 0.5, "dmax": 2.5, "crash": 0.15, "bad": 0.25, "workers": 4}
-QUICK = {"population": 4, "generations": 2, "reps": 1, "dmin": 0.2, "dmax": 0.8, "crash": 0.15, "bad": 0.25, "workers": 4}
+FULL = {"population": 8, "generations": 4, "reps": 2, "dmin": 0.5, "dmax": 2.5, "crash": 0.15, "bad": 0.25, "workers": 4,
+        "noop_workers": 32, "noop_seconds": 2.0, "noop_candidates": 320}
+QUICK = {"population": 4, "generations": 2, "reps": 1, "dmin": 0.2, "dmax": 0.8, "crash": 0.15, "bad": 0.25, "workers": 4,
+         "noop_workers": 8, "noop_seconds": 0.5, "noop_candidates": 40}
+# issue 18's controller figure: runs that do nothing but wait, on many slots, so the controller is the only limit
+NOOP = 'sleep {seconds}; echo "score: $RANDOM"'
 
 
 def run(quick: bool, out: Path, seed: int = 0, sizes: dict[str, Any] | None = None, log: Any = print) -> dict[str, Any]:
@@ -84,6 +92,8 @@ def run(quick: bool, out: Path, seed: int = 0, sizes: dict[str, Any] | None = No
                 res["runs"].append(r)
                 log(f"  steady_state={str(steady).lower():5} rep {rep}: utilisation {r['utilisation']:.2f} (runs {r['run_utilisation']:.2f}), "
                     f"{r['runs']} runs, {r['pruned']} pruned, {r['crashed']} crashed, wall {r['wall_s']:.1f} s, controller busy {r['controller_busy']:.2f}")
+        if p.get("noop_candidates"):
+            res["noop"] = noop_throughput(work, repo, p, seed, log)
     for steady in (True, False):
         rows = [r for r in res["runs"] if r["steady_state"] == steady]
         key = "steady" if steady else "barrier"
@@ -97,6 +107,35 @@ def run(quick: bool, out: Path, seed: int = 0, sizes: dict[str, Any] | None = No
             "crashed_share": sum(r["crashed"] for r in rows) / max(1, sum(r["screening_runs"] for r in rows)),
         }
     return res
+
+
+def noop_throughput(work: Path, repo: Path, p: dict[str, Any], seed: int, log: Any) -> dict[str, Any]:
+    """A random search (every child a mutant of the baseline: the cheapest plan) of no-op runs on many
+    slots, statistics off: candidates per second sustained, worker utilisation, the controller's busy share."""
+    from evo.bench.common import loadavg
+
+    name = "util-noop"
+    cfg = make_config(work, name, repo, run=NOOP.format(seconds=p["noop_seconds"]), mutable=["work.py"], strategy="random",
+                      population=p["noop_workers"], generations=-(-p["noop_candidates"] // p["noop_workers"]), workers=p["noop_workers"],
+                      seed=seed, sprt=False, timeout=30.0)
+    with Probe() as probe:
+        t = Timer()
+        summary = run_search(cfg, work / f"{name}.log")
+        wall = t.seconds
+    busy = sum(e["s"] for k in ("propose", "record", "progress", "recorded") for e in probe.events[k])
+    runs = len(probe.events["run_job"])
+    ends = sorted(e["end"] for e in probe.events["record"])
+    lo, hi = len(ends) // 10, len(ends) - 1 - len(ends) // 10  # the middle 80% of the recorded runs: no start-up, no tail
+    sustained = (hi - lo) / (ends[hi] - ends[lo]) if hi > lo and ends[hi] > ends[lo] else None
+    out = {"workers": p["noop_workers"], "run_seconds": p["noop_seconds"], "candidates": summary["candidates"], "runs": runs,
+           "wall_s": round(wall, 2), "candidates_per_s": round(summary["candidates"] / wall, 2),
+           "sustained_per_s": round(sustained, 2) if sustained else None, "slots_bound_per_s": round(p["noop_workers"] / p["noop_seconds"], 2), "utilisation": round(float(summary["utilisation"]), 4),
+           "controller_busy": round(busy / wall, 4), "controller_ms_per_candidate": round(1000 * busy / max(1, summary["candidates"]), 1),
+           "loadavg": loadavg()}
+    log(f"  no-op runs of {p['noop_seconds']} s on {p['noop_workers']} slots (load {out['loadavg']}): {out['candidates']} candidates in "
+        f"{out['wall_s']} s = {out['candidates_per_s']} per s ({out['sustained_per_s']} sustained; the slots allow {out['slots_bound_per_s']}), utilisation {out['utilisation']:.2f}, controller busy {out['controller_busy']:.2f} "
+        f"({out['controller_ms_per_candidate']} ms per candidate)")
+    return out
 
 
 def describe_search(trials: list[Any], summary: dict[str, Any], wall: float, workers: int) -> dict[str, Any]:
@@ -126,6 +165,10 @@ def table(res: dict[str, Any]) -> list[tuple[str, str]]:
         if s:
             rows.append((f"utilisation, 4 slots, {label}", f"{fmt(s['utilisation_median'])} (runs alone {fmt(s['run_utilisation_median'])}; controller busy {fmt(s['controller_busy_median'])}; "
                          f"{s['pruned_share']:.0%} pruned, {s['crashed_share']:.0%} crashed; wall {fmt(s['wall_s_median'])} s)"))
+    n = res.get("noop")
+    if n:
+        rows.append((f"no-op {n['run_seconds']} s runs, {n['workers']} slots (load {n['loadavg']}): candidates/s (sustained), utilisation, controller ms/candidate",
+                     f"{fmt(n['candidates_per_s'])} ({fmt(n['sustained_per_s'])}), {fmt(n['utilisation'])}, {fmt(n['controller_ms_per_candidate'])}"))
     return rows
 
 

@@ -1,0 +1,46 @@
+"""The in-process tree reads (ls_files, changed_paths) list what git's own commands list."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from evo.gitrepo import GitRepo
+
+
+def _git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env).stdout.decode()
+
+
+def _commit(repo: Path, files: dict[str, str | None], modes: dict[str, int] | None = None) -> str:
+    for rel, text in files.items():
+        path = repo / rel
+        if text is None:
+            _git(repo, "rm", "-rq", rel)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    for rel, mode in (modes or {}).items():
+        (repo / rel).chmod(mode)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "x", "--allow-empty")
+    return _git(repo, "rev-parse", "HEAD").strip()
+
+
+def test_tree_reads_match_git(tmp_path: Path) -> None:
+    repo = tmp_path / "r"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    a = _commit(repo, {"a.py": "1", "b/c.py": "2", "b/d/e.txt": "3", "b-x": "4", "b.y": "5", "f": "6", "ü.txt": "7"})
+    b = _commit(repo, {"a.py": "1 changed", "b/d/e.txt": None, "b/new.py": "8", "f": None}, modes={"b-x": 0o755})
+    (repo / "f").mkdir()
+    c = _commit(repo, {"f/g.py": "9", "b/c.py": None, "a.py": None})  # a file that becomes a folder; a folder emptied
+    g = GitRepo(repo)
+    for rev in (a, b, c, "HEAD", g.tree_of(b)):
+        listed = _git(repo, "ls-tree", "-r", "-z", "--name-only", rev).split("\0")
+        assert g.ls_files(rev) == [p for p in listed if p]
+    for x, y in ((a, b), (b, c), (a, c), (c, a), (a, a), (g.tree_of(a), g.tree_of(c))):
+        listed = _git(repo, "diff-tree", "-r", "-z", "--name-only", "--no-renames", x, y).split("\0")
+        assert g.changed_paths(x, y) == [p for p in listed if p], (x, y)
