@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 import math
 import re
@@ -214,16 +214,30 @@ def _study_attrs(storage: optuna.storages.BaseStorage, study_id: int) -> tuple[d
     rdb = _rdb(storage)
     if rdb is None:
         return storage.get_study_user_attrs(study_id), storage.get_study_system_attrs(study_id)
-    import sqlalchemy as sa
-    from optuna.storages._rdb import models
+    with _queries(rdb, study_id) as q:
+        user, system = (q(f"SELECT key, value_json FROM {table} WHERE study_id = :sid")
+                        for table in ("study_user_attributes", "study_system_attributes"))
+    return (dict(zip((k for k, _ in user), _decode_all(v for _, v in user))),
+            dict(zip((k for k, _ in system), _decode_all(v for _, v in system))))
 
-    out = []
-    with rdb.engine.connect() as conn:
-        for model in (models.StudyUserAttributeModel, models.StudySystemAttributeModel):
-            t = model.__table__
-            rows = conn.execute(sa.select(t.c.key, t.c.value_json).where(t.c.study_id == study_id)).all()
-            out.append(dict(zip((k for k, _ in rows), _decode_all(v for _, v in rows))))
-    return out[0], out[1]
+
+@contextmanager
+def _queries(rdb: optuna.storages.RDBStorage, study_id: int) -> Iterator[Callable[[str], list[Any]]]:
+    """q(sql) -> all rows, `:sid` standing for the study's id, on the DB-API cursor itself: SQLAlchemy's
+    result rows cost a third of reading a 100,000-trial study."""
+    mark, args = {"qmark": ("?", (study_id,)), "format": ("%s", (study_id,)), "numeric": (":1", (study_id,)),
+                  "named": (":sid", {"sid": study_id})}.get(rdb.engine.dialect.paramstyle, ("%(sid)s", {"sid": study_id}))
+    conn = rdb.engine.raw_connection()
+    try:
+        cur = conn.cursor()
+
+        def q(sql: str) -> list[Any]:
+            cur.execute(sql.replace(":sid", mark), args)
+            return cur.fetchall()
+
+        yield q
+    finally:
+        conn.close()
 
 
 def _decode_all(texts: Iterable[str]) -> list[Any]:
@@ -259,17 +273,7 @@ def _select_trials(rdb: optuna.storages.RDBStorage, study_id: int) -> list[Froze
     from optuna.storages._rdb import models
 
     V, I = models.TrialValueModel, models.TrialIntermediateValueModel
-    # the DB-API cursor itself: SQLAlchemy's result rows cost a third of the read at 100,000 trials
-    mark, args = {"qmark": ("?", (study_id,)), "format": ("%s", (study_id,)), "numeric": (":1", (study_id,)),
-                  "named": (":sid", {"sid": study_id})}.get(rdb.engine.dialect.paramstyle, ("%(sid)s", {"sid": study_id}))
-    conn = rdb.engine.raw_connection()
-    try:
-        cur = conn.cursor()
-
-        def q(sql: str) -> list[Any]:
-            cur.execute(sql.replace(":sid", mark), args)
-            return cur.fetchall()
-
+    with _queries(rdb, study_id) as q:
         trials = q("SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials WHERE study_id = :sid ORDER BY number")
         values: dict[int, dict[int, float]] = {}
         for tid, objective, value, kind in q(f"SELECT x.trial_id, x.objective, x.value, x.value_type FROM trial_values x {_OF_STUDY}"):
@@ -283,13 +287,11 @@ def _select_trials(rdb: optuna.storages.RDBStorage, study_id: int) -> list[Froze
         for tid, pid, name, value, dist in q("SELECT x.trial_id, x.param_id, x.param_name, x.param_value, x.distribution_json "
                                              f"FROM trial_params x {_OF_STUDY}"):
             params.setdefault(tid, []).append((pid, name, value, dist))
-        if rdb.engine.dialect.name == "sqlite" and _has_json_quote(cur):
+        if rdb.engine.dialect.name == "sqlite" and _has_json_quote(q):
             objects = q(_USER_OBJECTS)
             user = dict(zip((tid for tid, _ in objects), _decode_all(text for _, text in objects)))
         else:
             user = _grouped(q(_USER_ROWS))
-    finally:
-        conn.close()
 
     def when(x: Any) -> datetime.datetime | None:  # SQLite hands text back, other databases datetimes
         return datetime.datetime.fromisoformat(x) if isinstance(x, str) else x
@@ -307,11 +309,10 @@ def _grouped(rows: list[Any]) -> dict[int, dict[str, Any]]:
     return out
 
 
-def _has_json_quote(cur: Any) -> bool:
+def _has_json_quote(q: Callable[[str], list[Any]]) -> bool:
     """SQLite's JSON functions are built in since 3.38 and almost always compiled in before."""
     try:
-        cur.execute("SELECT json_quote('k')")
-        cur.fetchall()
+        q("SELECT json_quote('k')")
         return True
     except Exception:  # noqa: BLE001 - OperationalError: no such function
         return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import statistics
 import time
 from typing import TYPE_CHECKING, Any
@@ -19,14 +20,12 @@ class Logbook:
 
     def __init__(self, study: Study) -> None:
         self.study = study
-        self.book = tools.Logbook()
+        self.book = tools.Logbook()  # this session's rows (the study's earlier ones are in the archive: one row each)
         self.book.header = self.HEADER
-        for row in study.archive.attrs.get("logbook", []):
-            self.book.record(**row)
-        self.last = self.book[-1]["gen"] if len(self.book) else -1
-        self.first = 0  # the first index of generation last + 1 (generations are runs of consecutive indices)
-        while self.first < study.next_index and study.strategy.generation_of(self.first) <= self.last:
-            self.first += 1
+        rows = study.archive.attrs.get("logbook", [])
+        self.last = int(rows[-1]["gen"]) if rows else -1
+        # the first index of generation last + 1 (generations are runs of consecutive indices, so a binary search)
+        self.first = bisect.bisect_right(range(study.next_index), self.last, key=study.strategy.generation_of)
         # seconds count from the study's start, across resumes (the wall clock of its first run)
         self.t0 = float(study.archive.attrs.get("created", time.time()))
 

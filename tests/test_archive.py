@@ -25,7 +25,7 @@ def _fill(ar: Archive) -> None:
 @pytest.mark.parametrize("json_functions", [True, False])
 def test_the_fast_reader_equals_optunas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_functions: bool) -> None:
     if not json_functions:  # an SQLite without json_quote, and every other database: a row per attr
-        monkeypatch.setattr(archive_mod, "_has_json_quote", lambda cur: False)
+        monkeypatch.setattr(archive_mod, "_has_json_quote", lambda q: False)
     url = f"sqlite:///{tmp_path / 'evo.db'}"
     ar = Archive(url, "s", direction="minimize", metric="loss")
     other = Archive(url, "other", direction="minimize")  # another study's trials must not leak in
