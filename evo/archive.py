@@ -10,6 +10,7 @@ controller thread writes here: SQLite shared by writers hands the same trial to 
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -254,7 +255,21 @@ def read_trials(storage: optuna.storages.BaseStorage, study_id: int) -> list[Fro
     rdb = _rdb(storage)
     if rdb is None:
         return sorted(storage.get_all_trials(study_id, deepcopy=False), key=lambda t: t.number)
-    return _select_trials(rdb, study_id)
+    with no_gc():
+        return _select_trials(rdb, study_id)
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Python's cyclic collector paused while millions of objects that form no cycles are built (every
+    trial's dicts, then the individuals): its passes over them were 40% of reading 100,000 trials."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 # one query per table, each row (trial_id, ...); the user attrs, ~20 rows a trial, are the bulk
@@ -312,7 +327,7 @@ def _grouped(rows: list[Any]) -> dict[int, dict[str, Any]]:
 def _has_json_quote(q: Callable[[str], list[Any]]) -> bool:
     """SQLite's JSON functions are built in since 3.38 and almost always compiled in before."""
     try:
-        q("SELECT json_quote('k')")
+        q("SELECT json_quote(:sid)")  # q binds the study id: the probe takes it too
         return True
     except Exception:  # noqa: BLE001 - OperationalError: no such function
         return False

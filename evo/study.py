@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from evo import preflight
-from evo.archive import Archive, mask_url
+from evo.archive import Archive, mask_url, no_gc
 from evo.breeder import Breeder
 from evo.config import Config
 from evo.errors import EvoError
@@ -124,7 +124,8 @@ class Study:
         base = self.archive.attrs["base_commit"]
         if kill_leftovers(self.logs):  # runs a kill -9'd evo left running: they would compete with ours
             self.log("resume: killed the runs the last (killed) evo left behind")
-        self.pop = rebuild(self.archive.trials(), self.judge.screen_seed)
+        with no_gc():
+            self.pop = rebuild(self.archive.trials(), self.judge.screen_seed)
         self.breeder.adopt_orphans(self.pop)
         if 0 not in self.pop:
             self.pop[0] = Individual(index=0, commit=base, tree=self.repo.tree_of(base), description="baseline", screen_seed=self.judge.screen_seed)

@@ -28,6 +28,9 @@ def test_the_fast_reader_equals_optunas(tmp_path: Path, monkeypatch: pytest.Monk
         monkeypatch.setattr(archive_mod, "_has_json_quote", lambda q: False)
     url = f"sqlite:///{tmp_path / 'evo.db'}"
     ar = Archive(url, "s", direction="minimize", metric="loss")
+    if json_functions:  # the fast path is the one taken here
+        with archive_mod._queries(archive_mod._rdb(ar.storage), ar._id) as q:  # type: ignore[arg-type]
+            assert archive_mod._has_json_quote(q)
     other = Archive(url, "other", direction="minimize")  # another study's trials must not leak in
     other.add("complete", 9.0, {"index": 0})
     _fill(ar)

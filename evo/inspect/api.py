@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evo import lineage
 from evo.lineage import parse as parse_trailers
-from evo.archive import mask_url, open_storage, read_facts, read_trials
+from evo.archive import mask_url, no_gc, open_storage, read_facts, read_trials
 from evo.errors import EvoError, GitError
 from evo.individual import Direction
 
@@ -393,17 +393,19 @@ class EvoStudy(optuna.Study):
         if self._members is None:
             decisions = self.attrs.get("decisions", {}) or {}
             members: dict[int, Member] = {}
-            for t in self.evo_trials:
-                a = t.user_attrs
-                if "index" not in a:
-                    continue
-                idx = int(a["index"])
-                m = members.get(idx)
-                if m is None:
-                    m = members[idx] = Member(index=idx, decision=dict(decisions.get(str(idx), {}) or {}))
-                m.runs.append(t)
-                if m.screening is None and a.get("role") in SCREENING_ROLES:
-                    m.screening = t
+            trials = self.evo_trials
+            with no_gc():
+                for t in trials:
+                    a = t.user_attrs
+                    if "index" not in a:
+                        continue
+                    idx = int(a["index"])
+                    m = members.get(idx)
+                    if m is None:
+                        m = members[idx] = Member(index=idx, decision=dict(decisions.get(str(idx), {}) or {}))
+                    m.runs.append(t)
+                    if m.screening is None and a.get("role") in SCREENING_ROLES:
+                        m.screening = t
             for m in members.values():
                 for p in dict.fromkeys(m.parent_indices):
                     if p in members:
@@ -716,17 +718,19 @@ class EvoStudy(optuna.Study):
             raise EvoError("dataframe() needs pandas: pip install pandas") from None
         decisions = self.attrs.get("decisions", {}) or {}
         rows = []
-        for t in self.evo_trials:
-            row: dict[str, Any] = {
-                "number": t.number, "state": t.state.name, "value": t.value,
-                "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
-                "duration": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_start and t.datetime_complete else None,
-            }
-            _flatten("", t.user_attrs, row)
-            if "index" in t.user_attrs:
-                row["decision"] = (decisions.get(str(t.user_attrs["index"]), {}) or {}).get("decision")
-            rows.append(row)
-        return pd.DataFrame(rows)
+        trials = self.evo_trials
+        with no_gc():
+            for t in trials:
+                row: dict[str, Any] = {
+                    "number": t.number, "state": t.state.name, "value": t.value,
+                    "datetime_start": t.datetime_start, "datetime_complete": t.datetime_complete,
+                    "duration": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_start and t.datetime_complete else None,
+                }
+                _flatten("", t.user_attrs, row)
+                if "index" in t.user_attrs:
+                    row["decision"] = (decisions.get(str(t.user_attrs["index"]), {}) or {}).get("decision")
+                rows.append(row)
+            return pd.DataFrame(rows)
 
     def counts(self) -> dict[str, int]:
         out = {"trials": 0, "COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0}
