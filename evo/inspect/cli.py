@@ -174,7 +174,7 @@ def study_rows(url: str) -> list[dict[str, Any]]:
     from optuna.trial import TrialState
 
     from evo.inspect.api import NO_STUDIES_HINT, open_existing
-    from evo.archive import mask_url, read_facts
+    from evo.archive import mask_url, read_facts, read_trials
 
     st = open_existing(url)
     studies = st.get_all_studies()
@@ -182,7 +182,7 @@ def study_rows(url: str) -> list[dict[str, Any]]:
         raise EvoError(f"no studies in {mask_url(url)} ({NO_STUDIES_HINT})")
     rows = []
     for fs in sorted(studies, key=lambda s: s.study_name):
-        trials = st.get_all_trials(fs._study_id, deepcopy=False)
+        trials = read_trials(st, fs._study_id)  # Optuna's own reader took 100 s for a 100,000-trial study
         a = read_facts(st, fs._study_id)
         direction = fs.direction.name.lower() if len(fs.directions) == 1 else "multi"
         done = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None
