@@ -124,7 +124,10 @@ def _tuned_sqlite(storage: optuna.storages.RDBStorage) -> optuna.storages.RDBSto
         cur = dbapi_connection.cursor()
         try:
             if wal:
-                cur.execute("PRAGMA journal_mode=WAL")
+                try:
+                    cur.execute("PRAGMA journal_mode=WAL")
+                except Exception:  # noqa: BLE001 - a read-only file or folder: read it in the mode it has
+                    pass
             cur.execute("PRAGMA synchronous=NORMAL")
         finally:
             cur.close()
