@@ -76,6 +76,7 @@ class Oracle:
 
     def __init__(self, world: World) -> None:
         self.w, self.runs = world, 0
+        self.finals: dict[int, float] = {}  # candidate index -> the final its screening run had coming (pruned or not)
 
     def __call__(self, src: Source, job: Job) -> Evaluation:
         w = self.w
@@ -94,6 +95,8 @@ class Oracle:
         wobble = random.Random(f"w:{w.rep}:{self.runs}")
         curve = [(k / 10, round(final + 3.0 * (1 - k / 10) + grow * (1 - k / 10) + 0.3 * math.sqrt(1 - k / 10) * wobble.gauss(0, 1), 6))
                  for k in range(1, 11)]
+        if job.role == "candidate":
+            self.finals[job.index] = round(final, 6)
         return Evaluation(value=round(final, 6), seconds=1.0, progress=curve)
 
 
@@ -154,18 +157,17 @@ def ratchet(task: dict[str, Any]) -> dict[str, Any]:
             "sprt": {"enabled": rule == "evo", **task.get("sprt", {})},
         }
         cfg = config_mod.load(None, over)
-        made: list[InProcessExecutor] = []
+        oracle = Oracle(world)
 
         def make(r: GitRepo, template: Any) -> InProcessExecutor:
-            made.append(InProcessExecutor(r, template, 1, Oracle(world)))
-            return made[-1]
+            return InProcessExecutor(r, template, 1, oracle)
 
         summary = search(cfg, WorldMutation(world), FitterResolver(), make, out=lambda line: None)
         archive = Archive(cfg.study.storage, name)
-        return measure(task, world, summary, archive, GitRepo(repo))
+        return measure(task, world, summary, archive, GitRepo(repo), oracle.finals)
 
 
-def measure(task: dict[str, Any], world: World, summary: dict[str, Any], archive: Any, repo: Any) -> dict[str, Any]:
+def measure(task: dict[str, Any], world: World, summary: dict[str, Any], archive: Any, repo: Any, finals: dict[int, float]) -> dict[str, Any]:
     attrs = archive.attrs
     trials = archive.trials()
     by_index: dict[int, Any] = {}
@@ -195,9 +197,11 @@ def measure(task: dict[str, Any], world: World, summary: dict[str, Any], archive
     # what evo reports (`evo best`'s fresh gain): each step's gain on the seeds that did not select it, summed
     fresh = [p.get("gain") for p in promos]
     reported = sum(float(g) for g in fresh) if all(g is not None for g in fresh) else screened
-    # the futility test, judged by the truth: runs of children whose own change is better by delta
+    # the futility test, judged by the truth: runs of children whose own change is better by delta;
+    # [stopped, runs, stopped though the run would have ended better than its parent's screening run
+    # (the comparison that decides whether a child becomes the head or is tested at all)]
     delta = (attrs.get("noise") or {}).get("sigma_final", 1.0) * 1.25
-    stops = {"constant": [0, 0], "growing": [0, 0]}
+    stops = {"constant": [0, 0, 0], "growing": [0, 0, 0]}
     first_seconds, saved = 0.0, 0.0
     for t in trials:
         if t.user_attrs.get("role") != "candidate" or "run_seconds" not in t.user_attrs:
@@ -210,6 +214,10 @@ def measure(task: dict[str, Any], world: World, summary: dict[str, Any], archive
             k = "growing" if own["grows"] else "constant"
             stops[k][1] += 1
             stops[k][0] += t.user_attrs.get("outcome") == "pruned"
+            parent = by_index.get(int(t.user_attrs["parent_indices"][0])) if t.user_attrs.get("parent_indices") else None
+            would = finals.get(int(t.user_attrs["index"]))
+            stops[k][2] += (t.user_attrs.get("outcome") == "pruned" and parent is not None and parent.value is not None
+                            and would is not None and would < parent.value)
     tests = [d for d in (attrs.get("decisions") or {}).values() if d.get("pairs")]
     # a test is of the whole line against the incumbent it was tested against (with breeding from the
     # head, a candidate brings every change since the mainline): no-gain = that difference <= 0
@@ -261,7 +269,7 @@ def summarise(rs: list[dict[str, Any]]) -> dict[str, Any]:
         return {"mean": m, "se": se, "median": statistics.median(xs) if xs else math.nan,
                 "ci95_median": list(bootstrap_ci(xs)) if len(xs) > 2 else [math.nan, math.nan]}
 
-    stops = {k: [sum(r["futility_stops"][k][0] for r in rs), sum(r["futility_stops"][k][1] for r in rs)] for k in ("constant", "growing")}
+    stops = {k: [sum(r["futility_stops"][k][j] for r in rs) for j in range(3)] for k in ("constant", "growing")}
     tests, accepts = sum(r["null_tests"] for r in rs), sum(r["null_accepts"] for r in rs)
     true_total, reported_total = sum(r["gain"] for r in rs), sum(r["reported_gain"] for r in rs)
     screened_total = sum(r.get("screened_gain", r["reported_gain"]) for r in rs)
@@ -272,7 +280,9 @@ def summarise(rs: list[dict[str, Any]]) -> dict[str, Any]:
         "reported_over_true": reported_total / true_total if true_total else math.nan,
         "screened_over_true": screened_total / true_total if true_total else math.nan,
         "false_acceptance": {"accepted": accepts, "tests": tests, "rate": accepts / tests if tests else math.nan},
-        "futility_stop_rate_delta_better": {k: {"stopped": v[0], "runs": v[1], "rate": v[0] / v[1] if v[1] else math.nan} for k, v in stops.items()},
+        "futility_stop_rate_delta_better": {k: {"stopped": v[0], "runs": v[1], "rate": v[0] / v[1] if v[1] else math.nan,
+                                                "stopped_would_beat_parent": v[2], "rate_would_beat_parent": v[2] / v[1] if v[1] else math.nan}
+                                            for k, v in stops.items()},
     }
 
 
