@@ -360,8 +360,9 @@ def insert_trials(rdb: optuna.storages.RDBStorage, study_id: int, trials: list[F
 
     What `RDBStorage.create_new_trial(template_trial=...)` writes, row for row (tests/test_archive.py
     reads both back and compares), without its SELECT and upsert per user attr (~20 per evo trial):
-    one INSERT per trial and one multi-row INSERT per attribute table. The number is counted under a
-    lock on the study's row, as Optuna counts it."""
+    one INSERT per trial and one multi-row INSERT per attribute table. The number follows the study's
+    latest trial's, read under a lock on the study's row (Optuna counts the study's trials for it, which
+    is the same number and O(trials): 5.6 ms at 100,000 trials against 0.03 ms)."""
     import sqlalchemy as sa
     from optuna.distributions import distribution_to_json
     from optuna.storages._rdb import models
@@ -372,7 +373,8 @@ def insert_trials(rdb: optuna.storages.RDBStorage, study_id: int, trials: list[F
     numbers = []
     with rdb.engine.begin() as conn:
         conn.execute(sa.select(S.c.study_id).where(S.c.study_id == study_id).with_for_update())
-        count = conn.execute(sa.select(sa.func.count()).select_from(T).where(T.c.study_id == study_id)).scalar_one()
+        last = conn.execute(sa.select(T.c.number).where(T.c.study_id == study_id).order_by(T.c.trial_id.desc()).limit(1)).scalar()
+        count = 0 if last is None else last + 1
         for k, t in enumerate(trials):
             numbers.append(count + k)
             tid = conn.execute(sa.insert(T).values(number=count + k, study_id=study_id, state=t.state, datetime_start=t.datetime_start,
