@@ -110,18 +110,29 @@ class HeadTracker:
         self.direction = direction
         self.children: dict[int, list[int]] = {}
         self.seen = -1  # the largest index whose parents are in `children`
+        self.known = 0  # how many individuals are in `children`
+        self.pop: dict[int, Individual] | None = None  # the population this follows (the study's, which only grows)
         self.inc = -1  # the incumbent the line below was walked from
         self.line: set[int] = set()
         self.open: set[int] = set()  # members whose screening run or promotion decision may still change
         self.best = -1
 
     def head(self, pop: dict[int, Individual], incumbent: Individual) -> Individual:
-        new = [i for i in range(self.seen + 1, max(pop) + 1) if i in pop]
+        if pop is not self.pop or self.known > len(pop):  # another population (a new start, a test): begin again
+            self.__init__(self.direction)  # type: ignore[misc]
+            self.pop = pop
+        new = []
+        while self.seen + 1 in pop:  # indices are handed out in order: no scan of the population
+            self.seen += 1
+            new.append(self.seen)
+        self.known += len(new)
+        if self.known != len(pop):  # a gap in the indices (never made by the engine): find the rest the slow way
+            new += sorted(i for i in pop if i > self.seen)
+            self.seen, self.known = max(pop), len(pop)
         for i in new:
             for p in set(pop[i].parent_indices):
                 if p != i:
                     self.children.setdefault(p, []).append(i)
-        self.seen = max(self.seen, max(pop))
         if incumbent.index != self.inc:
             self._walk(pop, incumbent)
         else:
@@ -204,6 +215,7 @@ class Population:
         self.secondary_direction = Direction(secondary_direction)
         # budget in children: (population - 1) in generation 0, then `generations` of population each
         self.planned = (self.mu - 1) + cfg.generations * self.mu
+        self.heads = HeadTracker(self.direction)
 
     def generation_of(self, index: int) -> int:
         return 0 if index < self.mu else 1 + (index - self.mu) // self.mu
@@ -257,8 +269,11 @@ class Population:
         else:
             ranked = [m.ind for m in members]
             fails = failures(pop, self.direction)
-            # the incumbent while it is among the survivors, else the best ranked
-            inc = next((i for i in ranked if i.index == incumbent.index), ranked[0])
+            # the head of the mainline's line (the mainline itself when every gain is promoted at once)
+            # while it is among the survivors, else the best ranked: as for greedy, breeding only from
+            # the confirmed mainline would make the search wait for each small gain to be proven
+            lead = self.heads.head(pop, incumbent)
+            inc = next((i for i in ranked if i.index == lead.index), None) or next((i for i in ranked if i.index == incumbent.index), ranked[0])
             side = self.side_line(inc, ranked, pop)
             if side is not None:  # an improving line the incumbent lacks: merge it in first
                 return Plan(parents=(inc, side), operator="crossover", generation=gen)
