@@ -44,10 +44,12 @@ class Mainline:
             self.repo.set_ref(self.ref, base, reason="evo: study mainline")
         self.decisions = dict(self.archive.attrs.get("decisions", {}))
         self.testing, self.tested = set(), []
-        for key, d in sorted(self.decisions.items(), key=lambda kv: int(kv[0])):
-            if int(key) in pop:
-                pop[int(key)].decision = Decision(d.get("decision", ""))
-                self._note(int(key), d)
+        by_value = {d.value: d for d in Decision}  # the enum's constructor is slow at 100,000 decisions
+        for key, d in self.decisions.items():
+            ind = pop.get(int(key))
+            if ind is not None:
+                ind.decision = by_value[d.get("decision", "")]
+                self._note(ind.index, d)
         recorded = {p["index"]: p for p in self.archive.attrs.get("promotions", [])}
         steps = lineage.mainline(self.repo, base, self.repo.ref(self.ref))
         self.promotions = []
