@@ -64,7 +64,7 @@ class SearchConfig:
     secondary_metric: str = ""  # e.g. peak_rss_mb: selection turns to NSGA-II
     secondary_direction: str = "minimize"
     steady_state: bool = True  # refill a worker as soon as it frees (no generation barrier)
-    exploit: float = 0.9  # population: chance a parent is the incumbent (else a power-law draw by rank)
+    exploit: float = 0.9  # population: chance a parent is the head of the mainline's line (else a power-law draw by rank)
     rank_power: float = 1.0  # population: a parent of rank r (0 = best) is drawn with weight (r + 1) ** -rank_power
     merge_side_lines: bool = True  # population: merge improving lines the incumbent lacks into it, once per pair
     islands: int = 1  # population: children dealt round robin to this many islands, each breeding from its own best

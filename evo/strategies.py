@@ -187,8 +187,9 @@ class Population:
 
     * Generation 0 is no wasted generation: at most one mutant of the baseline per worker; every
       later child is bred from what has been evaluated by then.
-    * A parent is the incumbent (the mainline's candidate; the best ranked when the incumbent is not
-      among the survivors) with probability `exploit`, else a
+    * A parent is the head of the mainline's line (`HeadTracker`; the mainline's candidate when every
+      gain is promoted at once; the best ranked when the head is not among the survivors) with
+      probability `exploit`, else a
       draw among the `population` best by rank, weight (rank + 1) ** -rank_power divided by
       (1 + the children it already had that did not beat it): lines that keep failing breed less.
     * Ranking uses a candidate's mean over every seed it ran (`Individual.mean()`), so one lucky
