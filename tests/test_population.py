@@ -145,7 +145,7 @@ def population_trials(tmp_path: Path, name: str = "evo.db") -> list[optuna.trial
 def test_population_search_end_to_end(make_repo, tmp_path: Path) -> None:
     repo = make_repo()
     cfg = write_config(tmp_path / "evo.toml", repo, tmp_path / "evo.db",
-                       search={"strategy": "population", "population": 4, "generations": 5, "crossover_rate": 0.5,
+                       search={"strategy": "population", "population": 4, "generations": 5, "crossover_rate": 1.0,
                                "workers": 2}, study={"seed": 3})
     res = evo("search", "--config", str(cfg), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
