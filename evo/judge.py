@@ -214,14 +214,14 @@ class Judge:
         loss = self.direction.loss
         return {s: loss(c[s]) - loss(i[s]) for s in self.confirm_seeds if s in c and s in i}
 
-    def paired_sigma(self, tests: list[tuple[Individual, Individual]]) -> tuple[float, float]:
+    def paired_sigma(self, pairs: list[list[float]]) -> tuple[float, float]:
         """The sd of one confirmation pair and its degrees of freedom, pooled over the study.
 
-        Every promotion test's pairs (each around its own mean) measure the same noise, so the
-        study learns it as it goes; the replicates' sd of an unpaired difference (sqrt 2 sigma,
-        an upper bound when changes keep part of the seed's effect) starts it off."""
+        `pairs`: every promotion test's pairs (`pairs(c, i)`'s values); each around its own mean, they
+        measure the same noise, so the study learns it as it goes; the replicates' sd of an unpaired
+        difference (sqrt 2 sigma, an upper bound when changes keep part of the seed's effect) starts it off."""
         assert self.noise is not None
-        sd, df = sprt.pooled_sd([list(self.pairs(c, i).values()) for c, i in tests])
+        sd, df = sprt.pooled_sd(pairs)
         prior_var, prior_df = 2.0 * self.noise.sigma_final ** 2, float(self.noise.df)
         return math.sqrt((prior_df * prior_var + df * sd ** 2) / (prior_df + df)), prior_df + df
 
@@ -232,7 +232,7 @@ class Judge:
         if not math.isfinite(self.delta) or self.noise is None:
             return None
         pairs = self.pairs(cand, incumbent)
-        others = [(c, i) for c, i in tests if c.index != cand.index]
+        others = [v for v in (list(self.pairs(c, i).values()) for c, i in tests if c.index != cand.index) if v]
         sigma, df = self.paired_sigma(others) if self.noise.sigma_final > 0 else (0.0, 0.0)
         # sigma is estimated from this test's pairs (GSPRT) with the pooled sigma as a prior worth
         # its degrees of freedom: with a well-measured sigma one or two pairs can decide
@@ -244,7 +244,7 @@ class Judge:
         if used and sigma:
             # the mean of the pairs that decided it overstates an accepted gain (the test stopped when
             # they looked good): the reported gain is its empirical-Bayes posterior among the study's tests
-            study = [(-statistics.fmean(v), sigma ** 2 / len(v)) for v in (list(self.pairs(c, i).values()) for c, i in others) if v]
+            study = [(-statistics.fmean(v), sigma ** 2 / len(v)) for v in others]
             raw = statistics.fmean(used)
             gain, sd = sprt.shrink(raw, sigma ** 2 / len(used), study + [(raw, sigma ** 2 / len(used))])
             info |= {"gain": gain, "gain_ci": [gain - 1.96 * sd, gain + 1.96 * sd], "gain_raw": raw,
