@@ -90,6 +90,9 @@ class OperatorsConfig:
     exclude: tuple[str, ...] = ()  # constants operator: names it never changes (also: `# evo: fixed` markers)
 
 
+PRUNERS = ("sprt", "median", "wilcoxon")
+
+
 @dataclass(frozen=True)
 class SprtConfig:
     enabled: bool = True
@@ -101,6 +104,7 @@ class SprtConfig:
     futility_alpha: float = 0.1  # chance of stopping a run that is truly better by delta
     gate: float = 1.5  # only test candidates whose screening run shows gate*delta (docs/statistics.md: measured)
     futility: bool = True  # stop clearly-worse runs early
+    pruner: str = "sprt"  # the early stop: sprt (evo's futility test) | median | wilcoxon (Optuna's pruners, for comparison)
     seed_corr: float = 0.0  # futility test: least share of the seed's effect a change keeps (the study's measured lower bound is used when larger)
 
 
@@ -334,6 +338,8 @@ def _finish(cfg: Config, base: Path, stem: str) -> Config:
     for key, val in (("alpha", sp.alpha), ("beta", sp.beta), ("futility_alpha", sp.futility_alpha)):
         if not 0.0 < val < 0.5:
             raise ConfigError(f"{src}: [sprt] {key} = {val}: must be between 0 and 0.5")
+    if sp.pruner not in PRUNERS:
+        raise ConfigError(f"{src}: [sprt] pruner = {sp.pruner!r}: must be one of {', '.join(PRUNERS)}")
     if sp.enabled and sp.replicates < 2:
         raise ConfigError(f"{src}: [sprt] replicates = {sp.replicates}: the noise model needs at least 2")
     if not (math.isfinite(sp.delta) and sp.delta >= 0):  # nan passed `< 0` and turned every test into "no"

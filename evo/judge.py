@@ -45,6 +45,71 @@ class Monitor:
         return all(d == "stop" for d in decisions)
 
 
+@dataclass
+class PrunerMonitor:
+    """Optuna's own pruner as the early stop (`[sprt] pruner`), to compare evo's futility test with.
+
+    Each checkpoint of the noise model is one Optuna step; a checkpoint's value is read from the
+    stream as the futility test reads it (`sprt.values_at`). `median`: Optuna's MedianPruner over
+    `references`, every earlier complete run's curve (what it would see in the archive); `wilcoxon`:
+    Optuna's WilcoxonPruner (p < futility_alpha) against `references[0]`, the parent's screening
+    curve on the same seed (the comparison the futility test makes). Losses, so lower is better."""
+
+    kind: str
+    checkpoints: tuple[float, ...]
+    references: list[list[float]]
+    alpha: float
+    trace: list[tuple[float, float]] = field(default_factory=list)
+    points: list[tuple[float, float]] = field(default_factory=list)
+    steps: dict[int, float] = field(default_factory=dict)
+    direction: Direction = Direction.MINIMIZE
+
+    def __call__(self, fraction: float, value: float) -> bool:
+        import optuna
+
+        self.points.append((fraction, self.direction.loss(value)))
+        vals = sprt.values_at(self.points, self.checkpoints)
+        for k in range(len(self.checkpoints)):
+            if k in self.steps or not math.isfinite(vals[k]) or self.checkpoints[k] > fraction + 1e-9:
+                continue
+            self.steps[k] = float(vals[k])
+            trial = optuna.trial.FrozenTrial(
+                number=len(self.references), state=optuna.trial.TrialState.RUNNING, value=None, datetime_start=None,
+                datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+                intermediate_values=dict(self.steps), trial_id=len(self.references))
+            stop = self._pruner().prune(self._study(), trial)
+            self.trace.append((round(self.checkpoints[k], 4), float(stop)))
+            if stop:
+                return True
+        return False
+
+    def _pruner(self) -> Any:
+        import warnings
+
+        import optuna
+
+        if self.kind == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=5)
+        with warnings.catch_warnings():  # "experimental": its interface may change; ours pins the arguments
+            warnings.simplefilter("ignore")
+            return optuna.pruners.WilcoxonPruner(p_threshold=self.alpha)
+
+    def _study(self) -> Any:
+        """The references as an in-memory study of complete trials, built once where the run is."""
+        cached = self.__dict__.get("_cached")
+        if cached is None:
+            import optuna
+
+            cached = optuna.create_study(direction="minimize", storage=optuna.storages.InMemoryStorage())
+            cached.add_trials([optuna.trial.create_trial(value=ref[-1], intermediate_values={k: v for k, v in enumerate(ref) if math.isfinite(v)})
+                               for ref in self.references if math.isfinite(ref[-1])])
+            self.__dict__["_cached"] = cached
+        return cached
+
+    def __getstate__(self) -> dict[str, Any]:  # the study is rebuilt where the run is (e.g. a Ray worker)
+        return {k: v for k, v in self.__dict__.items() if k != "_cached"}
+
+
 @dataclass(frozen=True)
 class Verdict:
     """A promotion test's state after the pairs that are in, with the evidence kept on record."""
@@ -67,6 +132,8 @@ class Judge:
         self._spread: dict[int, tuple[int, float, float]] = {}
         self._ss, self._df = 0.0, 0
         self._pairs_sd: tuple[float, int] = (0.0, 0)  # pooled sd of the study's confirmation pairs, data alone
+        self._complete: list[list[tuple[float, float]]] = []  # every complete run's curve, for `pruner = "median"`
+        self._curves: list[list[float]] = []  # the same at the checkpoints, read as far as `_complete` goes
 
     @property
     def screen_seed(self) -> int:
@@ -106,6 +173,8 @@ class Judge:
     def observe(self, ind: Individual, seed: int) -> None:
         """A finished run of `ind` on `seed`: add it to the pooled spread (Welford, O(1))."""
         run = ind.runs.get(seed)
+        if self.cfg.pruner == "median" and run is not None and run.outcome == COMPLETE and run.progress:
+            self._complete.append([(f, self.direction.loss(v)) for f, v in run.progress])
         if run is None or run.outcome != COMPLETE or run.value is None or (seed == self.screen_seed and ind.index != 0):
             return
         x = self.direction.loss(run.value)
@@ -145,7 +214,7 @@ class Judge:
             self.noise = final_only_model(finals)
         return self.noise
 
-    def monitor(self, parent: Individual) -> Monitor | None:
+    def monitor(self, parent: Individual) -> Monitor | PrunerMonitor | None:
         """A futility test against the parent's screening curve (same seed), when one is possible."""
         if not (self.cfg.enabled and self.cfg.futility and self.noise is not None and self.noise.checkpoints):
             return None
@@ -156,6 +225,11 @@ class Judge:
         ref = sprt.values_at([(f, self.direction.loss(v)) for f, v in run.progress], self.noise.checkpoints)
         if not np.all(np.isfinite(ref)):
             return None
+        if self.cfg.pruner != "sprt":
+            for curve in self._complete[len(self._curves):]:
+                self._curves.append([float(x) for x in sprt.values_at(curve, self.noise.checkpoints)])
+            refs = list(self._curves) if self.cfg.pruner == "median" else [[float(x) for x in ref]]
+            return PrunerMonitor(self.cfg.pruner, tuple(self.noise.checkpoints), refs, self.cfg.futility_alpha, direction=self.direction)
         # delta=None: the test's gain is one between-run sd of the progress curve (its own units);
         # two shapes of gain, a constant shift and one that grows from nothing to delta at the end:
         # under correlated checkpoints neither test protects the other's shape (measured: 16-25% of

@@ -225,6 +225,12 @@ def alpha_out_of_range(b: Bench) -> list[str]:
 
 
 @case
+def unknown_pruner(b: Bench) -> list[str]:
+    b.make_repo()
+    return b.config(sprt={"enabled": True, "pruner": "hyperband"})
+
+
+@case
 def crossover_rate_above_one(b: Bench) -> list[str]:
     b.make_repo()
     return b.config(search={"crossover_rate": 1.5})

@@ -165,3 +165,35 @@ def test_the_futility_test_assumes_the_seed_correlation_the_study_has_measured()
             tests.append((cand, base))
         judge.note_tests(tests)
         assert expect_low <= judge.seed_corr() <= expect_high, (keep, judge.seed_corr())
+
+
+@pytest.mark.parametrize("pruner", ["median", "wilcoxon"])
+def test_optunas_pruners_stop_a_clearly_worse_run_and_let_a_better_one_finish(pruner: str) -> None:
+    """`[sprt] pruner`: Optuna's own MedianPruner / WilcoxonPruner read the run at the noise model's
+    checkpoints (median: against every earlier complete run; wilcoxon: against the parent's curve)."""
+    import pickle
+
+    from evo.judge import PrunerMonitor
+
+    rng = random.Random(2)
+    judge = Judge(SprtConfig(pruner=pruner), Direction.MINIMIZE, seed=0)
+    base = Individual(index=0, commit="b", tree="b")
+    curve = lambda end, k: [(f / 10, end + 3.0 * (1 - f / 10) + 0.05 * rng.gauss(0, 1)) for f in range(1, 11)]  # noqa: E731
+    for k, s in enumerate(judge.replicate_seeds):
+        end = 10.0 + 0.2 * rng.gauss(0, 1)
+        base.runs[s] = Run(seed=s, trial=k, value=end, outcome="complete", progress=curve(end, k))
+        judge.observe(base, s)
+    assert judge.fit(base) is not None and judge.noise is not None and len(judge.noise.checkpoints) >= 5
+
+    def stopped_at(end: float) -> float | None:
+        mon = judge.monitor(base)
+        assert isinstance(mon, PrunerMonitor) and mon.kind == pruner
+        mon = pickle.loads(pickle.dumps(mon))  # it travels to remote workers
+        for f, v in curve(end, 99):
+            if mon(f, v):
+                return f
+        return None
+
+    assert stopped_at(8.0) is None  # better all the way: never stopped
+    worse = stopped_at(13.0)
+    assert worse is not None and worse < 1.0  # clearly worse: stopped before the end

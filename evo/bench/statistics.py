@@ -19,7 +19,9 @@ the futility test stops early costs only the part it ran):
 * `fixed-seed`: autoresearch's literal rule, every candidate on one seed, keep if better
   (`--no-sprt`: the same seed is the screening seed);
 * `fresh-seed`: keep if better on a run with a new seed each time (`--no-sprt` in a world whose
-  runs draw their own seed).
+  runs draw their own seed);
+* `median-pruner`, `wilcoxon-pruner` (not in the default list): evo with Optuna's MedianPruner or
+  WilcoxonPruner as the early stop (`[sprt] pruner`), the same confirmation stage after it.
 
 Reported per rule, over repetitions (world parameters drawn per repetition from the seed):
 true gain of the final mainline (sigma units), no-gain commits per ratchet, runs per candidate,
@@ -44,6 +46,8 @@ from evo.executors.inprocess import Evaluation, Source
 from operators.base import Context, Parent, Proposal
 
 FILE = "model.py"
+# evo with Optuna's pruners in place of its futility test: the same gate and promotion test after them
+PRUNER_RULES = {"median-pruner": {"pruner": "median"}, "wilcoxon-pruner": {"pruner": "wilcoxon"}}
 FULL = {"reps": 200, "budget": 300, "rules": ["evo", "fixed-seed", "fresh-seed"], "jobs": 2}
 QUICK = {"reps": 4, "budget": 60, "rules": ["evo", "fixed-seed", "fresh-seed"], "jobs": 1}
 
@@ -146,7 +150,8 @@ def ratchet(task: dict[str, Any]) -> dict[str, Any]:
     from operators.crossover import FitterResolver
 
     rule, rep, budget = task["rule"], task["rep"], task["budget"]
-    world = replace(World.draw(rep), fresh_seeds=rule == "fresh-seed")
+    # sizes' "world" overrides the drawn world's fields (e.g. {"p_better": 0}: every test is of a no-gain line)
+    world = replace(World.draw(rep), fresh_seeds=rule == "fresh-seed", **task.get("world", {}))
     with tempfile.TemporaryDirectory(prefix="evo-stat-") as tmp:
         repo = make_repo(Path(tmp) / "repo", {FILE: "# a simulated project: its changes are listed below\n", "run.py": "print('simulated')\n"})
         name = f"{rule}-{rep}"
@@ -154,7 +159,7 @@ def ratchet(task: dict[str, Any]) -> dict[str, Any]:
             "study": {"name": name, "storage": f"memory://stat-{name}-{time.time_ns()}", "results": str(Path(tmp) / "results"), "seed": rep},
             "target": {"repo": str(repo), "mutable": [FILE], "run": "python3 run.py", "metric": "loss", "direction": "minimize"},
             "search": {"strategy": "greedy", "forever": True, "max_run_hours": budget / 3600.0, "workers": 1},
-            "sprt": {"enabled": rule == "evo", **task.get("sprt", {})},
+            "sprt": {"enabled": rule in PRUNER_RULES or rule == "evo", **task.get("sprt", {}), **PRUNER_RULES.get(rule, {})},
         }
         cfg = config_mod.load(None, over)
         oracle = Oracle(world)
@@ -240,7 +245,8 @@ def measure(task: dict[str, Any], world: World, summary: dict[str, Any], archive
 # -- the part ------------------------------------------------------------------------------------------
 def run(quick: bool, out: Path, seed: int = 0, sizes: dict[str, Any] | None = None, log: Any = print) -> dict[str, Any]:
     p = dict(QUICK if quick else FULL, **(sizes or {}))
-    tasks = [{"rule": rule, "rep": seed + r, "budget": p["budget"], "sprt": p.get("sprt", {})} for r in range(p["reps"]) for rule in p["rules"]]
+    tasks = [{"rule": rule, "rep": seed + r, "budget": p["budget"], "sprt": p.get("sprt", {}), "world": p.get("world", {})}
+             for r in range(p["reps"]) for rule in p["rules"]]
     t0 = time.time()
     log(f"  {len(tasks)} ratchets ({p['reps']} worlds x {len(p['rules'])} rules), {p['budget']} run-seconds each, {p['jobs']} at a time")
     recs = pmap(ratchet, tasks, p["jobs"])
