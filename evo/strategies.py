@@ -8,6 +8,8 @@ the population strategy, so `evo compare` sets them side by side at equal budget
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import random
 from dataclasses import dataclass
 from typing import Protocol
@@ -15,7 +17,7 @@ from typing import Protocol
 from deap import base, tools
 
 from evo.config import SearchConfig
-from evo.individual import Decision, Direction, Individual, Status
+from evo.individual import COMPLETE, Decision, Direction, Individual, Status
 
 
 @dataclass(frozen=True)
@@ -99,27 +101,25 @@ def head(pop: dict[int, Individual], incumbent: Individual, direction: Direction
     return HeadTracker(direction).head(pop, incumbent)
 
 
-class HeadTracker:
-    """`head()` kept up to date as the population grows, so a plan does not walk the population.
+class Family:
+    """Who descends from whom, kept up to date as the population grows, so a plan does not walk the
+    population (parents never change once a child exists): children by any parent and by first
+    parent, the pairs already merged, and whether two lines are nested (memoised walks up)."""
 
-    The incumbent's line (its descendants through any parent, cut below rejected candidates) is
-    walked again only when the incumbent changes or one of its candidates is rejected; otherwise each
-    plan adds the new children and looks again at the few whose run or decision is still open."""
-
-    def __init__(self, direction: Direction) -> None:
-        self.direction = direction
-        self.children: dict[int, list[int]] = {}
-        self.seen = -1  # the largest index whose parents are in `children`
-        self.known = 0  # how many individuals are in `children`
+    def __init__(self) -> None:
         self.pop: dict[int, Individual] | None = None  # the population this follows (the study's, which only grows)
-        self.inc = -1  # the incumbent the line below was walked from
-        self.line: set[int] = set()
-        self.open: set[int] = set()  # members whose screening run or promotion decision may still change
-        self.best = -1
+        self.seen = -1  # the largest index taken in
+        self.known = 0  # how many individuals are taken in
+        self.children: dict[int, list[int]] = {}  # by any parent
+        self.offspring: dict[int, list[int]] = {}  # by first parent: the children that tried to improve on it
+        self.merged: set[tuple[int, int]] = set()  # parent pairs of every merge made
+        self._nested: dict[tuple[int, int], bool] = {}
 
-    def head(self, pop: dict[int, Individual], incumbent: Individual) -> Individual:
-        if pop is not self.pop or self.known > len(pop):  # another population (a new start, a test): begin again
-            self.__init__(self.direction)  # type: ignore[misc]
+    def update(self, pop: dict[int, Individual]) -> tuple[bool, list[int]]:
+        """Take in the new individuals: (whether this began again on another population, the new indices)."""
+        reset = pop is not self.pop or self.known > len(pop)
+        if reset:  # another population (a new start, a test): begin again
+            self.__init__()  # type: ignore[misc]
             self.pop = pop
         new = []
         while self.seen + 1 in pop:  # indices are handed out in order: no scan of the population
@@ -130,9 +130,61 @@ class HeadTracker:
             new += sorted(i for i in pop if i > self.seen)
             self.seen, self.known = max(pop), len(pop)
         for i in new:
-            for p in set(pop[i].parent_indices):
+            ps = pop[i].parent_indices
+            for p in set(ps):
                 if p != i:
                     self.children.setdefault(p, []).append(i)
+            if ps and ps[0] != i:
+                self.offspring.setdefault(ps[0], []).append(i)
+            if len(ps) == 2:
+                self.merged.add((min(ps), max(ps)))
+        return reset, new
+
+    def nested(self, a: int, b: int) -> bool:
+        """One line contains the other (or they are the same): a merge would add nothing new."""
+        if a == b:
+            return True
+        key = (min(a, b), max(a, b))
+        hit = self._nested.get(key)
+        if hit is None:
+            assert self.pop is not None
+            hit = self._nested[key] = descends(self.pop, key[1], key[0])
+        return hit
+
+
+def descends(pop: dict[int, Individual], young: int, old: int) -> bool:
+    """`young` has `old` among its ancestors: a walk up its parents (both of a merge), never below
+    `old` (parents always have smaller indices)."""
+    todo, seen = [young], {young}
+    while todo:
+        for p in pop[todo.pop()].parent_indices:
+            if p == old:
+                return True
+            if p > old and p not in seen and p in pop:
+                seen.add(p)
+                todo.append(p)
+    return False
+
+
+class HeadTracker:
+    """`head()` kept up to date as the population grows, so a plan does not walk the population.
+
+    The incumbent's line (its descendants through any parent, cut below rejected candidates) is
+    walked again only when the incumbent changes or one of its candidates is rejected; otherwise each
+    plan adds the new children and looks again at the few whose run or decision is still open."""
+
+    def __init__(self, direction: Direction) -> None:
+        self.direction = direction
+        self.family = Family()
+        self.inc = -1  # the incumbent the line below was walked from
+        self.line: set[int] = set()
+        self.open: set[int] = set()  # members whose screening run or promotion decision may still change
+        self.best = -1
+
+    def head(self, pop: dict[int, Individual], incumbent: Individual) -> Individual:
+        reset, new = self.family.update(pop)
+        if reset:
+            self.inc, self.line, self.open, self.best = -1, set(), set(), -1
         if incumbent.index != self.inc:
             self._walk(pop, incumbent)
         else:
@@ -155,7 +207,7 @@ class HeadTracker:
                 continue
             self.line.add(i)
             self.open.add(i)
-            todo.extend(self.children.get(i, ()))
+            todo.extend(self.family.children.get(i, ()))
 
     def _consider(self, ind: Individual, pop: dict[int, Individual]) -> None:
         best = pop[self.best]
@@ -223,7 +275,12 @@ class Population:
 
     def score(self, ind: Individual) -> float:
         """Higher is better: the mean over its seeds, oriented."""
-        m = ind.mean()
+        runs = ind.runs
+        if len(runs) == 1:  # most have one run: its value is the mean (`Individual.mean` without its dict)
+            r = next(iter(runs.values()))
+            m = r.value if r.outcome == COMPLETE else None
+        else:
+            m = ind.mean()
         return self.direction.oriented(m if m is not None else ind.value)  # type: ignore[arg-type]
 
     def members(self, pool: list[Individual]) -> list[_Member]:
@@ -240,22 +297,22 @@ class Population:
     def survivors(self, pool: list[Individual]) -> list[_Member]:
         """The mu best (plus-selection; ties to the earlier), best first; NSGA-II ranks two objectives.
         The hall of fame (the `elites` best on the primary metric) always survives."""
-        members = self.members(pool)
         if self.secondary:
+            members = self.members(pool)
             chosen = tools.selNSGA2(members, min(self.mu, len(members)))
-        else:
-            chosen = sorted(members, key=lambda m: (-m.fitness.values[0], m.ind.index))[: self.mu]
+        else:  # one pass over the pool, members made only for the few kept (a plan at 100,000 individuals)
+            chosen = self.members(heapq.nsmallest(self.mu, pool, key=lambda i: (-self.score(i), i.index)))
         kept = {m.ind.index for m in chosen}
-        fame = {i.index for i in hall_of_fame({m.ind.index: m.ind for m in members}, self.direction, self.cfg.elites)} if self.cfg.elites else set()
-        elites = [m for m in members if m.ind.index in fame - kept]
+        fame = {i.index for i in best_screened(pool, self.direction, self.cfg.elites)} if self.cfg.elites else set()
+        elites = self.members([i for i in pool if i.index in fame - kept]) if fame - kept else []
         for m in elites:  # NSGA-II's tournament reads a crowding distance; an elite it did not keep has none:
             m.fitness.crowding_dist = float("inf")  # type: ignore[attr-defined]  # it is extreme on the primary, as a boundary point
         return chosen + elites
 
     def plan(self, index: int, pop: dict[int, Individual], incumbent: Individual, rng: random.Random) -> Plan | None:
         gen = self.generation_of(index)
-        from_base = sum(1 for i in pop.values() if i.index > 0 and i.parent_indices == (0,) and i.generation == 0)
-        if gen == 0 and from_base < self.cfg.workers and index <= self.cfg.workers:
+        if gen == 0 and index <= self.cfg.workers and sum(
+                1 for i in pop.values() if i.index > 0 and i.parent_indices == (0,) and i.generation == 0) < self.cfg.workers:
             return Plan(parents=(pop[0],), operator="mutation", generation=0)
         if gen > 0 and not self.cfg.steady_state:
             waiting = [i for i in pop.values() if i.generation < gen and not i.finished]
@@ -269,13 +326,14 @@ class Population:
             a, b = self._nsga_pair(members, rng)
         else:
             ranked = [m.ind for m in members]
-            fails = failures(pop, self.direction)
             # the head of the mainline's line (the mainline itself when every gain is promoted at once)
             # while it is among the survivors, else the best ranked: as for greedy, breeding only from
             # the confirmed mainline would make the search wait for each small gain to be proven
             lead = self.heads.head(pop, incumbent)
+            family = self.heads.family
+            fails = Failures(family, pop, self.direction)
             inc = next((i for i in ranked if i.index == lead.index), None) or next((i for i in ranked if i.index == incumbent.index), ranked[0])
-            side = self.side_line(inc, ranked, pop)
+            side = self.side_line(inc, ranked, pop, family)
             if side is not None:  # an improving line the incumbent lacks: merge it in first
                 return Plan(parents=(inc, side), operator="crossover", generation=gen)
             island = self.island_of(index)
@@ -285,8 +343,7 @@ class Population:
             a = inc if rng.random() < self.cfg.exploit else self._draw(ranked, fails, rng)
             b = None
             if rng.random() < self.cfg.crossover_rate:
-                anc = ancestry(pop)
-                partners = [i for i in ranked if not nested(a.index, i.index, anc) and improved(i, pop, self.direction)]
+                partners = [i for i in ranked if not family.nested(a.index, i.index) and improved(i, pop, self.direction)]
                 b = self._draw(partners, fails, rng) if partners else None
         scale = self.step_scale(index)
         if b is None and self.cfg.tpe_rate and rng.random() < self.cfg.tpe_rate:
@@ -311,7 +368,7 @@ class Population:
         u = 2.0 * (index % k) / (k - 1) - 1.0
         return 2.0 ** (self.cfg.step_spread * u)
 
-    def island_members(self, island: int, pool: list[Individual], inc: Individual, fails: dict[int, int]) -> list[Individual]:
+    def island_members(self, island: int, pool: list[Individual], inc: Individual, fails: Failures) -> list[Individual]:
         """The island's `population` best, best first. An island with no member yet starts from the incumbent;
         one whose best member has had `island_patience` children that did not beat it (stagnant) takes the
         incumbent in (migration of the global best)."""
@@ -323,20 +380,18 @@ class Population:
             return [inc] + [i for i in own if i.index != inc.index]
         return own
 
-    def side_line(self, inc: Individual, ranked: list[Individual], pop: dict[int, Individual]) -> Individual | None:
+    def side_line(self, inc: Individual, ranked: list[Individual], pop: dict[int, Individual], family: Family) -> Individual | None:
         """The best survivor that beat its own parent, is not nested with the incumbent and was never
         merged with it: with several workers, a sibling that improved but lost the race (`merge_side_lines`)."""
         if not self.cfg.merge_side_lines:
             return None
-        tried = {tuple(sorted(i.parent_indices)) for i in pop.values() if len(i.parent_indices) == 2}
-        anc = ancestry(pop)
         for i in ranked:
-            if (not nested(inc.index, i.index, anc) and improved(i, pop, self.direction)
-                    and tuple(sorted((inc.index, i.index))) not in tried):
+            if (not family.nested(inc.index, i.index) and improved(i, pop, self.direction)
+                    and (min(inc.index, i.index), max(inc.index, i.index)) not in family.merged):
                 return i
         return None
 
-    def _draw(self, ranked: list[Individual], fails: dict[int, int], rng: random.Random) -> Individual:
+    def _draw(self, ranked: list[Individual], fails: Failures, rng: random.Random) -> Individual:
         weights = [(r + 1) ** -self.cfg.rank_power / (1 + fails.get(i.index, 0)) for r, i in enumerate(ranked)]
         return rng.choices(ranked, weights=weights, k=1)[0]
 
@@ -358,37 +413,33 @@ def improved(ind: Individual, pop: dict[int, Individual], direction: Direction) 
     return a is not None and b is not None and direction.better(a, b)
 
 
-def ancestry(pop: dict[int, Individual]) -> dict[int, set[int]]:
-    """index -> every index it descends from (through `parent_indices`, both parents of a merge)."""
-    out: dict[int, set[int]] = {}
-    for idx in sorted(pop):  # parents always have smaller indices
-        anc: set[int] = set()
-        for p in pop[idx].parent_indices:
-            if p != idx:
-                anc.add(p)
-                anc |= out.get(p, set())
-        out[idx] = anc
-    return out
+class Failures:
+    """index -> how many of its children did not beat it (failed, pruned, duplicate or no better), counted
+    when asked (a plan asks about its few survivors) from the children by first parent."""
 
+    def __init__(self, family: Family, pop: dict[int, Individual], direction: Direction) -> None:
+        self.family, self.pop, self.direction = family, pop, direction
+        self._memo: dict[int, int] = {}
 
-def nested(a: int, b: int, anc: dict[int, set[int]]) -> bool:
-    """One line contains the other (or they are the same): a merge would add nothing new."""
-    return a == b or a in anc.get(b, set()) or b in anc.get(a, set())
+    def get(self, index: int, default: int = 0) -> int:
+        if index not in self._memo:
+            self._memo[index] = self._count(index)
+        return self._memo[index] or default
 
-
-def failures(pop: dict[int, Individual], direction: Direction) -> dict[int, int]:
-    """index -> how many of its children did not beat it (failed, pruned, duplicate or no better)."""
-    out: dict[int, int] = {}
-    for child in pop.values():
-        if not child.finished or not child.parent_indices:
-            continue
-        p = pop.get(child.parent_indices[0])
+    def _count(self, index: int) -> int:
+        p = self.pop.get(index)
         if p is None or p.value is None:
-            continue
-        cv = child.mean() if child.status == Status.EVALUATED else None
-        if cv is None or not direction.better(cv, p.mean() if p.mean() is not None else p.value):
-            out[p.index] = out.get(p.index, 0) + 1
-    return out
+            return 0
+        pm = p.mean()
+        ref = pm if pm is not None else p.value
+        n = 0
+        for c in self.family.offspring.get(index, ()):
+            child = self.pop[c]
+            if not child.finished:
+                continue
+            cv = child.mean() if child.status == Status.EVALUATED else None
+            n += cv is None or not self.direction.better(cv, ref)
+        return n
 
 
 def make_strategy(cfg: SearchConfig, direction: Direction) -> Strategy:
@@ -400,11 +451,24 @@ def make_strategy(cfg: SearchConfig, direction: Direction) -> Strategy:
 
 
 def hall_of_fame(pop: dict[int, Individual], direction: Direction, k: int) -> list[Individual]:
-    """The k best evaluated individuals ever (DEAP HallOfFame), for elitism and reports."""
-    hof = tools.HallOfFame(max(1, k))
-    direction = Direction(direction)
-    members = [_Member(i, (direction.oriented(i.value),)) for i in evaluated(pop)]  # type: ignore[arg-type]
-    if members:
-        hof.update(members)
-    return [m.ind for m in hof]
+    """The k best evaluated individuals ever (DEAP's HallOfFame), for elitism and reports."""
+    return best_screened(evaluated(pop), Direction(direction), k)
+
+
+def best_screened(inds: list[Individual], direction: Direction, k: int) -> list[Individual]:
+    """DEAP's `HallOfFame(k).update(inds)` on the screening values, best first, ties exactly as it
+    breaks them, without its deep copy of every entrant (the whole population, every plan)."""
+    k = max(1, k)
+    keys: list[float] = []  # ascending, as DEAP keeps them (worst first)
+    items: list[Individual] = []  # best first
+    for ind in inds:
+        f = direction.oriented(ind.value)  # type: ignore[arg-type]
+        if items and len(items) >= k:
+            if not f > keys[0]:
+                continue
+            del keys[0], items[-1]
+        i = bisect.bisect_right(keys, f)
+        items.insert(len(items) - i, ind)
+        keys.insert(i, f)
+    return items
 

@@ -17,8 +17,8 @@ from evo.bench.targets import FAMILIES, check, generate
 from evo.config import ConfigError, SearchConfig
 from evo.executors import inprocess
 from evo.gitrepo import GitRepo
-from evo.individual import Decision, Individual, Run, Status
-from evo.strategies import Greedy, HeadTracker, Population, ancestry, head, nested
+from evo.individual import Decision, Direction, Individual, Run, Status
+from evo.strategies import Family, Greedy, HeadTracker, Population, best_screened, hall_of_fame, head
 from operators.base import Context, OperatorError, Parent
 from operators.constants import ConstantsMutation, find_constants, perturb
 from operators.crossover import FitterResolver, RandomResolver, crossover, line_merge
@@ -195,14 +195,15 @@ def test_crossover_partners_are_never_nested_and_none_is_planned_without_one() -
     chain = {0: ind(0, [9.0]), 1: ind(1, [5.0], (0,)), 2: ind(2, [4.0], (1,)), 3: ind(3, [3.0], (2,))}
     assert all(strat.plan(9, chain, chain[3], random.Random(s)).operator == "mutation" for s in range(50))  # type: ignore[union-attr]
     tree = dict(chain) | {4: ind(4, [3.5], (1,)), 5: ind(5, [2.0], (3, 4))}
-    anc = ancestry(tree)
-    assert anc[5] == {0, 1, 2, 3, 4} and nested(5, 1, anc) and not nested(3, 4, anc)
+    family = Family()
+    family.update(tree)
+    assert all(family.nested(5, i) for i in range(5)) and family.nested(1, 5) and not family.nested(3, 4)
     for s in range(200):
         plan = strat.plan(9, tree, tree[5], random.Random(s))
         assert plan is not None
         if plan.operator == "crossover":
             a, b = (p.index for p in plan.parents)
-            assert not nested(a, b, anc)
+            assert not family.nested(a, b)
     crossed = [strat.plan(9, dict(chain) | {4: ind(4, [3.5], (1,))}, chain[3], random.Random(s)) for s in range(50)]
     assert {tuple(sorted(p.index for p in c.parents)) for c in crossed if c and c.operator == "crossover"} == {(3, 4), (2, 4)}
 
@@ -393,3 +394,41 @@ def test_trials_record_the_planned_operator_and_the_virtual_end_time(tmp_path: P
     assert all("planned" not in x.user_attrs for x in trials if x.user_attrs.get("index") != 5)
     ends = [x.user_attrs["metrics"]["virtual_end"] for x in trials if x.user_attrs.get("outcome") in ("complete", "pruned")]
     assert ends and ends == sorted(ends) and 0 < ends[-1] <= ex.now + 1e-9  # recorded in the order they finished
+
+
+def test_family_answers_ancestry_like_a_full_walk_as_the_population_grows() -> None:
+    """Nested lines, merged pairs and children by first parent, kept as children arrive, against the
+    definitions computed from scratch over a random 300-individual history with merges."""
+    rng = random.Random(5)
+    pop = {0: ind(0, [10.0])}
+    family = Family()
+    for k in range(1, 300):
+        parents = (rng.randrange(k),) if rng.random() < 0.7 or k < 3 else tuple(rng.sample(range(k), 2))
+        pop[k] = ind(k, [10.0 - k / 100], parents=parents)
+        family.update(pop)
+        if k % 37 == 0:
+            anc: dict[int, set[int]] = {}
+            for i in sorted(pop):
+                anc[i] = set().union(*({p} | anc[p] for p in pop[i].parent_indices)) if pop[i].parent_indices else set()
+            for a in range(0, k, 7):
+                for b in range(0, k, 11):
+                    assert family.nested(a, b) == (a == b or a in anc[b] or b in anc[a]), (a, b)
+            assert family.merged == {tuple(sorted(i.parent_indices)) for i in pop.values() if len(i.parent_indices) == 2}
+            assert all(sorted(family.offspring.get(i, [])) == sorted(c for c in pop if pop[c].parent_indices[:1] == (i,)) for i in pop)
+
+
+def test_the_hall_of_fame_is_deaps_with_its_ties() -> None:
+    """`best_screened` keeps DEAP's HallOfFame's choice and order, ties included, without its copies."""
+    from deap import tools
+
+    from evo.strategies import _Member
+
+    rng = random.Random(3)
+    for trial in range(200):
+        inds = [ind(i, [float(rng.randint(0, 6))]) for i in range(rng.randint(1, 30))]
+        k = rng.randint(1, 4)
+        for d in (Direction.MINIMIZE, Direction.MAXIMIZE):
+            hof = tools.HallOfFame(k)
+            hof.update([_Member(i, (d.oriented(i.value),)) for i in inds])
+            assert [m.ind.index for m in hof] == [i.index for i in best_screened(inds, d, k)]
+    assert [i.index for i in hall_of_fame({i.index: i for i in inds}, Direction.MINIMIZE, 2)] == [i.index for i in best_screened(inds, Direction.MINIMIZE, 2)]
