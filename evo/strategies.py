@@ -101,34 +101,52 @@ def head(pop: dict[int, Individual], incumbent: Individual, direction: Direction
     return HeadTracker(direction).head(pop, incumbent)
 
 
-class Family:
-    """Who descends from whom, kept up to date as the population grows, so a plan does not walk the
-    population (parents never change once a child exists): children by any parent and by first
-    parent, the pairs already merged, and whether two lines are nested (memoised walks up)."""
+class Arrivals:
+    """The individuals added to a population since the last look, without a scan of it: indices are
+    handed out in order, and the study's population only grows."""
 
     def __init__(self) -> None:
-        self.pop: dict[int, Individual] | None = None  # the population this follows (the study's, which only grows)
+        self.pop: dict[int, Individual] | None = None  # the population followed
         self.seen = -1  # the largest index taken in
         self.known = 0  # how many individuals are taken in
-        self.children: dict[int, list[int]] = {}  # by any parent
-        self.offspring: dict[int, list[int]] = {}  # by first parent: the children that tried to improve on it
-        self.merged: set[tuple[int, int]] = set()  # parent pairs of every merge made
-        self._nested: dict[tuple[int, int], bool] = {}
 
-    def update(self, pop: dict[int, Individual]) -> tuple[bool, list[int]]:
-        """Take in the new individuals: (whether this began again on another population, the new indices)."""
+    def follow(self, pop: dict[int, Individual]) -> tuple[bool, list[int]]:
+        """(whether this began again on another population: a new start, a test; the new indices)."""
         reset = pop is not self.pop or self.known > len(pop)
-        if reset:  # another population (a new start, a test): begin again
-            self.__init__()  # type: ignore[misc]
-            self.pop = pop
+        if reset:
+            self.pop, self.seen, self.known = pop, -1, 0
         new = []
-        while self.seen + 1 in pop:  # indices are handed out in order: no scan of the population
+        while self.seen + 1 in pop:
             self.seen += 1
             new.append(self.seen)
         self.known += len(new)
         if self.known != len(pop):  # a gap in the indices (never made by the engine): find the rest the slow way
             new += sorted(i for i in pop if i > self.seen)
             self.seen, self.known = max(pop), len(pop)
+        return reset, new
+
+
+class Family:
+    """Who descends from whom, kept up to date as the population grows, so a plan does not walk the
+    population (parents never change once a child exists): children by any parent and by first
+    parent, the pairs already merged, and whether two lines are nested (memoised walks up)."""
+
+    def __init__(self) -> None:
+        self.arrivals = Arrivals()
+        self.children: dict[int, list[int]] = {}  # by any parent
+        self.offspring: dict[int, list[int]] = {}  # by first parent: the children that tried to improve on it
+        self.merged: set[tuple[int, int]] = set()  # parent pairs of every merge made
+        self._nested: dict[tuple[int, int], bool] = {}
+
+    @property
+    def pop(self) -> dict[int, Individual] | None:
+        return self.arrivals.pop
+
+    def update(self, pop: dict[int, Individual]) -> tuple[bool, list[int]]:
+        """Take in the new individuals: (whether this began again on another population, the new indices)."""
+        reset, new = self.arrivals.follow(pop)
+        if reset:
+            self.children, self.offspring, self.merged, self._nested = {}, {}, set(), {}
         for i in new:
             ps = pop[i].parent_indices
             for p in set(ps):
@@ -164,6 +182,69 @@ def descends(pop: dict[int, Individual], young: int, old: int) -> bool:
                 seen.add(p)
                 todo.append(p)
     return False
+
+
+class Ranks:
+    """The population strategy's survivors and hall of fame kept up to date as it grows, so a plan
+    does not score the whole population (at 100,000 individuals that was most of a plan).
+
+    An individual is *open* while what ranks it can still change: not finished, its promotion
+    decision not made or under way, accepted (an incumbent gets runs on every test's seeds), or
+    the baseline. A closed one never changes again, so of the closed only the `mu` best can ever
+    be survivors and only those tied with the hall of fame's worst or better can be in it; the open
+    ones (the runs in flight, the tests under way, the incumbents) are scored on every plan."""
+
+    CLOSED = (Decision.UNTESTED, Decision.REJECT, Decision.INCONCLUSIVE)
+
+    def __init__(self, strategy: Population) -> None:
+        self.s = strategy
+        self.arrivals = Arrivals()
+        self.open: set[int] = set()
+        self.closed: list[tuple[float, int]] = []  # (-score, index) of the closed evaluated, best first, the `mu` best
+        self.screened: list[tuple[float, int]] = []  # (-screening value, index), best first: the hall of fame's candidates
+        self.evaluated: set[int] = set()  # taken in as evaluated (a screening value never changes once it is in)
+
+    def survivors(self, pop: dict[int, Individual], incumbent: Individual) -> list[_Member] | None:
+        """`Population.survivors(evaluated(pop))` (None when nothing is evaluated), for a population
+        whose order is its indices' (the engine's: children are added as they are made)."""
+        reset, new = self.arrivals.follow(pop)
+        if reset:
+            self.open, self.closed, self.screened, self.evaluated = set(), [], [], set()
+        self.open.update(new)
+        for i in sorted(self.open):
+            ind = pop[i]
+            if ind.status == Status.EVALUATED and ind.value is not None and i not in self.evaluated:
+                self.evaluated.add(i)
+                if self.s.cfg.elites:
+                    self._keep(self.screened, (-self.s.direction.oriented(ind.value), i), self.s.cfg.elites, ties=True)
+            if ind.finished and i != incumbent.index and i != 0 and (ind.status != Status.EVALUATED or ind.decision in self.CLOSED):
+                self.open.discard(i)
+                if ind.status == Status.EVALUATED and ind.value is not None:
+                    self._keep(self.closed, (-self.s.score(ind), i), self.s.mu, ties=False)
+        if not self.evaluated:
+            return None
+        live = [(-self.s.score(pop[i]), i) for i in self.open if pop[i].status == Status.EVALUATED and pop[i].value is not None]
+        chosen = [pop[i] for _, i in heapq.nsmallest(self.s.mu, self.closed + live)]
+        kept = {i.index for i in chosen}
+        fame: set[int] = set()
+        if self.s.cfg.elites:
+            worst = self.screened[min(self.s.cfg.elites, len(self.screened)) - 1][0]
+            fame = {i.index for i in best_screened([pop[i] for i in sorted(i for f, i in self.screened if f <= worst)], self.s.direction, self.s.cfg.elites)}
+        return self.s.members(chosen) + (self.s.members([pop[i] for i in sorted(fame - kept)]) if fame - kept else [])
+
+    @staticmethod
+    def _keep(best: list[tuple[float, int]], key: tuple[float, int], k: int, ties: bool) -> None:
+        """Insert `key` in the ascending list and trim it to its k first (with `ties`, also every entry
+        tied on the value with the k-th: the hall of fame's choice among ties depends on them)."""
+        bisect.insort(best, key)
+        if len(best) > k:
+            if not ties:
+                del best[k:]
+            else:
+                cut = k
+                while cut < len(best) and best[cut][0] == best[k - 1][0]:
+                    cut += 1
+                del best[cut:]
 
 
 class HeadTracker:
@@ -269,6 +350,7 @@ class Population:
         # budget in children: (population - 1) in generation 0, then `generations` of population each
         self.planned = (self.mu - 1) + cfg.generations * self.mu
         self.heads = HeadTracker(self.direction)
+        self.ranks = Ranks(self)
 
     def generation_of(self, index: int) -> int:
         return 0 if index < self.mu else 1 + (index - self.mu) // self.mu
@@ -318,10 +400,17 @@ class Population:
             waiting = [i for i in pop.values() if i.generation < gen and not i.finished]
             if waiting:
                 return None  # generational barrier: gen g breeds from gen < g, all finished
-        pool = evaluated(pop, before_generation=None if (self.cfg.steady_state or gen == 0) else gen)
-        if not pool:
-            return Plan(parents=(pop[0],), operator="mutation", generation=gen)
-        members = self.survivors(pool)
+        pool: list[Individual] = []
+        if not self.secondary and self.cfg.islands <= 1 and (self.cfg.steady_state or gen == 0):
+            found = self.ranks.survivors(pop, incumbent)  # the same as below, kept up to date instead of made anew
+            if found is None:
+                return Plan(parents=(pop[0],), operator="mutation", generation=gen)
+            members = found
+        else:
+            pool = evaluated(pop, before_generation=None if (self.cfg.steady_state or gen == 0) else gen)
+            if not pool:
+                return Plan(parents=(pop[0],), operator="mutation", generation=gen)
+            members = self.survivors(pool)
         if self.secondary:
             a, b = self._nsga_pair(members, rng)
         else:

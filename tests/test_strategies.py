@@ -432,3 +432,38 @@ def test_the_hall_of_fame_is_deaps_with_its_ties() -> None:
             hof.update([_Member(i, (d.oriented(i.value),)) for i in inds])
             assert [m.ind.index for m in hof] == [i.index for i in best_screened(inds, d, k)]
     assert [i.index for i in hall_of_fame({i.index: i for i in inds}, Direction.MINIMIZE, 2)] == [i.index for i in best_screened(inds, Direction.MINIMIZE, 2)]
+
+
+def test_ranks_kept_up_to_date_agree_with_survivors_made_anew() -> None:
+    """`Ranks` (survivors and hall of fame kept as the population changes) against `survivors` over the
+    whole population, at every step of random histories: runs finishing, tests adding seeds to a
+    candidate and the incumbent, decisions made, incumbents changing, ties on the screening value."""
+    from evo.strategies import evaluated
+
+    for world in range(6):
+        rng = random.Random(world)
+        strat = Population(SearchConfig(population=rng.choice([3, 8]), generations=100, elites=rng.choice([0, 2, 3])),
+                           rng.choice(["minimize", "maximize"]))
+        pop = {0: ind(0, [10.0])}
+        inc = pop[0]
+        for k in range(1, 120):
+            new = ind(k, None, parents=(rng.randrange(k),))
+            pop[k] = new
+            for i in list(pop.values()):
+                if i.status == Status.RUNNING and rng.random() < 0.5:
+                    i.status = rng.choice([Status.EVALUATED] * 3 + [Status.FAILED, Status.PRUNED])
+                    if i.status == Status.EVALUATED:
+                        i.runs[0] = Run(seed=0, trial=i.index, value=float(rng.randint(0, 9)), outcome="complete")
+                        i.decision = rng.choice([Decision.UNTESTED, Decision.UNTESTED, Decision.TESTING])
+                elif i.decision == Decision.TESTING and rng.random() < 0.3:
+                    s = max(i.runs) + 1
+                    i.runs[s] = Run(seed=s, trial=k, value=rng.gauss(5, 3), outcome="complete")
+                    inc.runs[s] = Run(seed=s, trial=k, value=rng.gauss(5, 3), outcome="complete")
+                    i.decision = rng.choice([Decision.TESTING, Decision.REJECT, Decision.INCONCLUSIVE, Decision.ACCEPT])
+                    if i.decision == Decision.ACCEPT:
+                        inc = i
+            fast = strat.ranks.survivors(pop, inc)
+            pool = evaluated(pop)
+            assert (fast is None) == (not pool)
+            if pool:
+                assert [m.ind.index for m in fast] == [m.ind.index for m in strat.survivors(pool)], (world, k)  # type: ignore[union-attr]
