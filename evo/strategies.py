@@ -211,16 +211,23 @@ class Ranks:
         if reset:
             self.open, self.closed, self.screened, self.evaluated = set(), [], [], set()
         self.open.update(new)
+        screened, closed, oriented = [], [], self.s.direction.oriented
         for i in sorted(self.open):
             ind = pop[i]
-            if ind.status == Status.EVALUATED and ind.value is not None and i not in self.evaluated:
+            value = ind.value
+            if ind.status == Status.EVALUATED and value is not None and i not in self.evaluated:
                 self.evaluated.add(i)
-                if self.s.cfg.elites:
-                    self._keep(self.screened, (-self.s.direction.oriented(ind.value), i), self.s.cfg.elites, ties=True)
+                screened.append((-oriented(value), i))
             if ind.finished and i != incumbent.index and i != 0 and (ind.status != Status.EVALUATED or ind.decision in self.CLOSED):
                 self.open.discard(i)
-                if ind.status == Status.EVALUATED and ind.value is not None:
-                    self._keep(self.closed, (-self.s.score(ind), i), self.s.mu, ties=False)
+                if ind.status == Status.EVALUATED and value is not None:
+                    closed.append((-self.s.score(ind), i))
+        if closed:
+            self.closed = heapq.nsmallest(self.s.mu, self.closed + closed)
+        if screened and self.s.cfg.elites:  # the `elites` best and every entry tied with the worst of them
+            both = self.screened + screened
+            worst = heapq.nsmallest(self.s.cfg.elites, both)[-1][0]
+            self.screened = sorted(k for k in both if k[0] <= worst)
         if not self.evaluated:
             return None
         live = [(-self.s.score(pop[i]), i) for i in self.open if pop[i].status == Status.EVALUATED and pop[i].value is not None]
@@ -232,19 +239,6 @@ class Ranks:
             fame = {i.index for i in best_screened([pop[i] for i in sorted(i for f, i in self.screened if f <= worst)], self.s.direction, self.s.cfg.elites)}
         return self.s.members(chosen) + (self.s.members([pop[i] for i in sorted(fame - kept)]) if fame - kept else [])
 
-    @staticmethod
-    def _keep(best: list[tuple[float, int]], key: tuple[float, int], k: int, ties: bool) -> None:
-        """Insert `key` in the ascending list and trim it to its k first (with `ties`, also every entry
-        tied on the value with the k-th: the hall of fame's choice among ties depends on them)."""
-        bisect.insort(best, key)
-        if len(best) > k:
-            if not ties:
-                del best[k:]
-            else:
-                cut = k
-                while cut < len(best) and best[cut][0] == best[k - 1][0]:
-                    cut += 1
-                del best[cut:]
 
 
 class HeadTracker:

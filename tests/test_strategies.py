@@ -467,3 +467,21 @@ def test_ranks_kept_up_to_date_agree_with_survivors_made_anew() -> None:
             assert (fast is None) == (not pool)
             if pool:
                 assert [m.ind.index for m in fast] == [m.ind.index for m in strat.survivors(pool)], (world, k)  # type: ignore[union-attr]
+
+
+def test_the_plan_benchmarks_history_plans_the_same_with_kept_and_fresh_state() -> None:
+    """evo.bench.plans's synthetic history: a strategy that keeps its state from plan to plan (as in a
+    search) plans what a new one, taking the whole population in, plans from the same rng state."""
+    from evo.bench.plans import history
+
+    pop = history(400, seed=3)
+    kept = Population(SearchConfig(population=8, generations=10**6, workers=2, crossover_rate=0.5), "minimize")
+    for k in range(30):
+        child = Individual(index=400 + k, commit=f"c{400 + k}", tree=f"t{400 + k}", generation=60, parent_indices=(k * 13,),
+                           status=Status.EVALUATED, decision=Decision.UNTESTED if k % 3 else Decision.TESTING)
+        child.runs[0] = Run(seed=0, trial=400 + k, value=9.0 + k / 10, outcome="complete")
+        pop[400 + k] = child
+        a = kept.plan(500 + k, pop, pop[0], random.Random(k))
+        b = Population(kept.cfg, "minimize").plan(500 + k, pop, pop[0], random.Random(k))
+        assert a is not None and b is not None
+        assert (a.operator, [p.index for p in a.parents]) == (b.operator, [p.index for p in b.parents])
