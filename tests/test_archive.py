@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 from pathlib import Path
 
 import optuna
@@ -82,3 +83,51 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     with archive_mod._rdb(ar.storage).engine.connect() as conn:  # type: ignore[union-attr]
         assert conn.execute(sa.text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(sa.text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+
+
+def _copies(url: str) -> dict[int, Any]:
+    """trial_id -> the decoded user attrs copy (evo.archive.ATTRS_COPY)."""
+    import json
+    import sqlite3
+
+    with sqlite3.connect(url[len("sqlite:///"):]) as con:
+        return {tid: json.loads(text) for tid, text in con.execute(f"SELECT trial_id, user_attrs FROM {archive_mod.ATTRS_COPY}")}
+
+
+def test_the_user_attrs_copy_is_read_repaired_and_never_trusted_stale(tmp_path: Path) -> None:
+    """Each finished trial's user attrs are also one JSON object in evo's own table, written with the trial.
+    Reads equal Optuna's whether the copy is complete, missing (an older evo's study), stale or partial;
+    the study's writer copies what is missing; an unfinished trial is never copied."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'evo.db'}"
+    ar = Archive(url, "s", direction="minimize")
+    _fill(ar)
+    study = optuna.load_study(study_name="s", storage=url)
+    running = study.ask()  # an unfinished trial (Optuna's own API): its attrs may still change, so it is read from Optuna's rows
+    running.set_user_attr("index", 99)
+    theirs = lambda: sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)  # noqa: E731
+    copies = _copies(url)
+    assert {t._trial_id: t.user_attrs for t in theirs() if t.state.is_finished()} == copies  # written with each trial
+    assert read_trials(ar.storage, ar._id) == theirs()
+
+    db = str(tmp_path / "evo.db")
+    with sqlite3.connect(db) as con:  # one copy tampered with: the reader takes it (it is what is read) ...
+        con.execute(f"UPDATE {archive_mod.ATTRS_COPY} SET user_attrs = '{{\"index\": 7}}' WHERE trial_id = ?", (theirs()[1]._trial_id,))
+    assert read_trials(ar.storage, ar._id)[1].user_attrs == {"index": 7}
+    with sqlite3.connect(db) as con:  # ... but a copy that names another trial (number, completion time) is not
+        con.execute(f"UPDATE {archive_mod.ATTRS_COPY} SET number = 40 WHERE trial_id = ?", (theirs()[1]._trial_id,))
+        con.execute(f"UPDATE {archive_mod.ATTRS_COPY} SET datetime_complete = '2000-01-01 00:00:00' WHERE trial_id = ?",
+                    (theirs()[2]._trial_id,))
+        con.execute(f"DELETE FROM {archive_mod.ATTRS_COPY} WHERE trial_id = ?", (theirs()[3]._trial_id,))
+    assert read_trials(ar.storage, ar._id) == theirs()
+    assert len(_copies(url)) == 4  # a reader does not write (one of the 5 was deleted)
+    assert Archive(url, "s").trials() == theirs()  # the study's writer reads the same and repairs the copy
+    assert _copies(url) == {t._trial_id: t.user_attrs for t in theirs() if t.state.is_finished()}
+
+    with sqlite3.connect(db) as con:  # a study written before the copy existed
+        con.execute(f"DROP TABLE {archive_mod.ATTRS_COPY}")
+    assert read_trials(ar.storage, ar._id) == theirs()
+    assert Archive(url, "s").trials() == theirs()
+    assert _copies(url) == {t._trial_id: t.user_attrs for t in theirs() if t.state.is_finished()}
+    assert optuna.load_study(study_name="s", storage=url).best_trial.number == 0  # Optuna reads the database beside the table
