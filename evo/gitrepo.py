@@ -250,6 +250,24 @@ class GitRepo:
         raw = self.out("for-each-ref", "--format=%(refname) %(objectname)", prefix)
         return dict(line.split(" ", 1) for line in raw.splitlines() if line)  # type: ignore[misc]
 
+    def pack_refs(self, prefix: str, threshold: int) -> bool:
+        """`git pack-refs --all` when more than `threshold` loose refs lie under `prefix` (a folder of refs,
+        `refs/evo/<study>/c`); whether it packed. Listing 100,000 loose refs read 100,000 files (1.5 s at
+        load 4); packed they are one file (0.17 s). Git packs the same way in `git gc`: every ref keeps
+        its value, a concurrent update is safe (each loose ref is removed only if it still holds what was
+        packed), and a kill -9 mid-pack at worst leaves `packed-refs.lock`, which blocks ref deletions
+        (git names the file to remove) but not the creations and updates a search makes. Best effort: a
+        pack that fails (that stale lock, a read-only folder) changes nothing and is not an error."""
+        folder = self.git_dir / prefix
+        try:
+            with os.scandir(folder) as entries:  # the files backend's loose refs: a directory listing, no git process
+                loose = sum(1 for _ in entries)
+        except OSError:
+            return False  # no such folder: nothing loose
+        if loose <= threshold:
+            return False
+        return self.git("pack-refs", "--all", "--prune", check=False).returncode == 0
+
     def checked_out_branches(self) -> set[str]:
         raw = self.out("worktree", "list", "--porcelain")
         return {line.split(" ", 1)[1] for line in raw.splitlines() if line.startswith("branch ")}

@@ -208,13 +208,22 @@ class PopIndex:
         self._ranked_as: dict[int, tuple[float, int]] = {}
 
     def build(self, pop: dict[int, Individual]) -> None:
-        """Index a whole population (once per start): one sort of the ranks, not an insertion each."""
+        """Index a whole population (once per start): what `note` does one individual at a time, done a
+        question at a time over all of them (one comprehension each: a third of the time of a `note` each
+        at 100,000 individuals) and one sort of the ranks."""
         self.__init__(self.direction)  # type: ignore[misc]
-        for idx in sorted(pop):
-            key = self._place(pop[idx])
-            if key is not None:
-                self._ranked_as[idx] = key
+        inds = [pop[i] for i in sorted(pop)]
+        pending, evaluated, testing = Status.PENDING, Status.EVALUATED, Decision.TESTING
+        self.pending = {i.index for i in inds if i.status == pending and i.commit}
+        self.testing = {i.index for i in inds if i.decision == testing}
+        self.finished = {i.index for i in inds if i.status in FINISHED}
+        for i in inds:  # ascending: the first individual with a tree keeps it
+            if i.commit and i.reused_from is None and i.tree:
+                self.trees.setdefault(i.tree, i.index)
+        key = self.direction.sort_key
+        self._ranked_as = {i.index: (key(v), i.index) for i in inds if i.status == evaluated and (v := i.value) is not None}
         self.ranked = sorted(self._ranked_as.values())
+        self.top = inds[-1].index if inds else 0
 
     def note(self, ind: Individual) -> None:
         key = self._place(ind)

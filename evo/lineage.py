@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from evo.gitrepo import GitRepo
+if TYPE_CHECKING:  # only for annotations: GitPython's import (~0.2 s) is left to the commands that read git
+    from evo.gitrepo import GitRepo
 
 _TRAILER = re.compile(r"^Evo-([A-Za-z-]+): (.*)$", re.MULTILINE)
 

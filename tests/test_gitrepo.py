@@ -44,3 +44,28 @@ def test_tree_reads_match_git(tmp_path: Path) -> None:
     for x, y in ((a, b), (b, c), (a, c), (c, a), (a, a), (g.tree_of(a), g.tree_of(c))):
         listed = _git(repo, "diff-tree", "-r", "-z", "--name-only", "--no-renames", x, y).split("\0")
         assert g.changed_paths(x, y) == [p for p in listed if p], (x, y)
+
+
+def test_pack_refs_keeps_every_ref_and_only_packs_past_the_threshold(tmp_path: Path) -> None:
+    repo = tmp_path / "r"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    a = _commit(repo, {"a.py": "1"})
+    b = _commit(repo, {"a.py": "2"})
+    g = GitRepo(repo)
+    for i in range(5):
+        g.set_ref(f"refs/evo/s/c/{i:05d}", a if i % 2 else b)
+    before = g.refs("refs/evo/s/c/")
+    loose = repo / ".git" / "refs" / "evo" / "s" / "c"
+    assert not g.pack_refs("refs/evo/s/c", threshold=5)  # 5 loose refs: at the threshold, left alone
+    assert len(list(loose.iterdir())) == 5
+    assert g.pack_refs("refs/evo/s/c", threshold=4)
+    assert not loose.exists() or not list(loose.iterdir())
+    assert g.refs("refs/evo/s/c/") == before
+    assert _git(repo, "rev-parse", "refs/evo/s/c/00001").strip() == a
+    assert not g.pack_refs("refs/evo/none", threshold=0)  # no such folder: nothing to pack
+    (repo / ".git" / "packed-refs.lock").write_text("")  # what a kill -9 mid-pack leaves: the next pack fails quietly
+    g.set_ref("refs/evo/s/c/00009", a)  # and refs are still created and moved
+    g.set_ref("refs/evo/s/c/00001", b, a)
+    assert not g.pack_refs("refs/evo/s/c", threshold=0)
+    assert g.refs("refs/evo/s/c/") == before | {"refs/evo/s/c/00009": a, "refs/evo/s/c/00001": b}
