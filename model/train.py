@@ -37,7 +37,7 @@ WARMDOWN_RATIO = 0.4       # final share of the budget with a linear decay of th
 FINAL_LR_FRAC = 0.0        # learning-rate multiplier at the end of the warm-down
 INIT_SCALE = 1.0           # multiplier on the default init of the block matrices
 HEAD_INIT_STD = 0.001      # init std of the output head (small: the first loss is ~ln 256)
-DIVERGENCE_FACTOR = 2.0    # fail fast when the loss exceeds this multiple of the first loss
+DIVERGENCE_FACTOR = 2.0    # fail fast when the loss exceeds this multiple of the first loss (a guard, not a knob)  # evo: fixed
 USE_COMPILE = False        # torch.compile the model on CUDA (its compile steps eat the warm-up)  # evo: inert on cpu
 
 import math
