@@ -55,7 +55,19 @@ def test_kill_9_through_the_ray_executor(make_repo, tmp_path: Path) -> None:
         disk = Disk(repo, tmp_path / "evo.db", "toy")
 
         def nothing_left() -> None:
-            assert wait_until(lambda: not ray_runs(cache), 60, 0.05), f"runs of the killed search outlived it: {ray_runs(cache)}"
+            assert wait_until(lambda: not ray_runs(cache), 60, 0.05), f"runs of the killed search outlived it: {who(ray_runs(cache))}"
+
+        def who(runs: dict[int, tuple[int, int, str]]) -> dict[int, str]:
+            """Each stray run process with its command line, parent and the watchdogs still alive (this failure is
+            rare: what it shows is what the next one needs to be understood)."""
+            def read(path: str) -> str:
+                try:
+                    return Path(path).read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                except OSError:
+                    return "?"
+            dogs = [n for n in os.listdir("/proc") if n.isdigit() and "evo-ray-watchdog" in read(f"/proc/{n}/cmdline")]
+            return {pid: f"{run} cmd={read(f'/proc/{pid}/cmdline')[:80]!r} ppid={read(f'/proc/{pid}/stat').split(')')[-1].split()[1:2]} "
+                         f"watchdogs alive={len(dogs)}" for pid, run in runs.items()}
 
         killed = search_with_kills(zygote.ready(), Plain(env), cfg, tmp_path, disk, rng, steer(WANTED, RAY_KILLS, rng),
                                    unit=disk.mean_run, delay=shipped_delay, limit=lambda u: 30 * u + 10,
