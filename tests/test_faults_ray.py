@@ -25,8 +25,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from conftest import ROOT, write_config  # noqa: E402
-from test_faults import (SEED, SHIPPED, Disk, Plain, Zygote, assert_complete, lingering_target, ray_runs, search_with_kills,  # noqa: E402
-                         shipped_delay, steer, wait_until)
+from test_faults import (SEED, SHIPPED, Disk, Plain, Zygote, assert_complete, lingering_target, parent, ray_runs,  # noqa: E402
+                         search_with_kills, shipped_delay, steer, wait_until)
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_kill_9_through_the_ray_executor(make_repo, tmp_path: Path) -> None:
                 except OSError:
                     return "?"
             dogs = [n for n in os.listdir("/proc") if n.isdigit() and "evo-ray-watchdog" in read(f"/proc/{n}/cmdline")]
-            return {pid: f"{run} cmd={read(f'/proc/{pid}/cmdline')[:80]!r} ppid={read(f'/proc/{pid}/stat').split(')')[-1].split()[1:2]} "
+            return {pid: f"{run} cmd={read(f'/proc/{pid}/cmdline')[:80]!r} ppid={parent(pid)} "
                          f"watchdogs alive={len(dogs)}" for pid, run in runs.items()}
 
         killed = search_with_kills(zygote.ready(), Plain(env), cfg, tmp_path, disk, rng, steer(WANTED, RAY_KILLS, rng),
