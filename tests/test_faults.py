@@ -676,6 +676,7 @@ def written_facts(db: sqlite3.Connection, name: str) -> set[str]:
 
 
 # the greedy test's draw of moments
+REQUIRED = ("startup", "commit", "run", "record")  # the phases the random-kill test must have hit
 MODES = ("early",) * 2 + ("random",) * 10 + ("ref", "main", "journal") * 2
 
 
@@ -800,8 +801,9 @@ def test_kill_9_at_random_moments_then_resume(make_repo, tmp_path: Path) -> None
         disk = Disk(repo, tmp_path / "evo.db", "toy")
 
         def choose(phases: Counter[str], kills: int, attempt: int) -> str | None:
-            if kills >= KILLS:
-                return None
+            if kills >= KILLS:  # random kills can miss a short phase (a CI run hit no "record" in 50):
+                missing = [p for p in REQUIRED if not phases[p]]  # aim at what they missed, then stop
+                return AIM[missing[0]] if missing else None
             return rng.choice(MODES) if attempt > 1 else "random"
 
         def delay(mode: str, warm: bool, unit: float) -> float:
@@ -834,7 +836,7 @@ def test_kill_9_at_random_moments_then_resume(make_repo, tmp_path: Path) -> None
     # every evaluated child was decided (a kill between its trial and its decision loses nothing)
     assert {t.user_attrs["index"] for t in ts if t.user_attrs["outcome"] == "complete" and t.user_attrs["index"] > 0} <= set(map(int, decisions))
     # the kills landed everywhere
-    assert len(phases) >= 5 and all(phases[p] >= 1 for p in ("startup", "commit", "run", "record")), phases
+    assert len(phases) >= 5 and all(phases[p] >= 1 for p in REQUIRED), phases
 
 
 # The shipped configuration's phases, and the moment that aims at each (in the order they are aimed at:
