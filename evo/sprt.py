@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any, Hashable, Sequence
 
 import numpy as np
-from scipy import stats
 
 __all__ = [
     "DEFAULT_CHECKPOINTS",
@@ -922,7 +922,7 @@ def required_pairs_fixed(delta: float, sigma: float, alpha: float = 0.05, beta: 
     delta, sigma = _finite("delta", delta), _finite("sigma", sigma)
     if delta <= 0 or sigma <= 0:
         raise ValueError("delta and sigma must be > 0")
-    za = stats.norm.ppf(1.0 - _check_prob("alpha", alpha))
-    zb = stats.norm.ppf(1.0 - _check_prob("beta", beta))
+    za = NormalDist().inv_cdf(1.0 - _check_prob("alpha", alpha))
+    zb = NormalDist().inv_cdf(1.0 - _check_prob("beta", beta))
     return float(((za + zb) * sigma / delta) ** 2)
 
