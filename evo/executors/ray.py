@@ -33,6 +33,7 @@ import dataclasses
 import logging
 import math
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -66,36 +67,54 @@ INTERRUPTED = "stopped by evo (interrupt or shutdown)"
 # Ray's raylet SIGKILLs the worker's direct children (RAY_kill_child_processes_on_worker_exit),
 # which would take a direct-child watchdog with it. The direct child only waits for the
 # grandchild, so in the normal case both are reaped and nothing is left as a zombie.
+# The grandchild says "ready" on stdout once it exists, and the worker starts no run before
+# that: a worker killed while the watchdog's interpreter was still starting would take the
+# watchdog with it and leave the run's own-session children (found once in about 70 kills).
+# A worker that ends the task writes "done" before closing the pipe; EOF without it means the
+# worker died, perhaps while starting a run whose process has not exec'd yet (its environment
+# does not show the marker until then), so the scan goes on for a second instead of stopping
+# at the first pass that finds nothing.
 _WATCHDOG = r"""
 import os, shutil, signal, sys, time
 label, marker, fd, folder, name = sys.argv[1:6]
 fd = int(fd)
 child = os.fork()
 if child:  # the worker's direct child: only waits (and is what Ray kills with a dead worker)
+    os.close(1)
     try:
         os.waitpid(child, 0)
     finally:
         os._exit(0)
 try:
-    while os.read(fd, 4096):
-        pass
+    os.write(1, b"ready\n")
+    os.close(1)
 except OSError:
     pass
+said = b""
+try:
+    while True:
+        got = os.read(fd, 4096)
+        if not got:
+            break
+        said += got
+except OSError:
+    pass
+died = b"done" not in said
 needle = ("%s=%s" % (name, marker)).encode()
 me = os.getpid()
-for _ in range(10):
+for _ in range(20 if died else 10):
     found = False
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
             continue
         try:
-            with open("/proc/%s/environ" % name, "rb") as f:
+            with open("/proc/%s/environ" % entry, "rb") as f:
                 env = f.read().split(b"\0")
         except OSError:
             continue
         if needle in env:
             found = True
-            pid = int(name)
+            pid = int(entry)
             try:
                 if os.getpgid(pid) == pid:
                     os.killpg(pid, signal.SIGKILL)
@@ -105,11 +124,12 @@ for _ in range(10):
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-    if not found:
+    if not found and not died:
         break
     time.sleep(0.05)
 shutil.rmtree(folder, ignore_errors=True)
 """
+READY_TIMEOUT = 10.0  # seconds a task waits for its watchdog to say it is ready (then runs unguarded, as before)
 
 
 class _Watchdog:
@@ -122,11 +142,13 @@ class _Watchdog:
                 [sys.executable, "-I", "-S", "-c", "import sys; exec(sys.stdin.read())", "evo-ray-watchdog",
                  marker, str(r), str(folder), MARKER_ENV],
                 pass_fds=(r,), start_new_session=True, env={}, stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             )
-            assert self._proc.stdin is not None
+            assert self._proc.stdin is not None and self._proc.stdout is not None
             self._proc.stdin.write(_WATCHDOG.encode())
             self._proc.stdin.close()
+            with self._proc.stdout as out:  # no run starts before the guard exists (see _WATCHDOG)
+                select.select([out], [], [], READY_TIMEOUT)
         except OSError:  # pragma: no cover - no python to start: the runner's own cleanup still runs
             self._proc = None
         finally:
@@ -134,6 +156,10 @@ class _Watchdog:
 
     def close(self) -> None:
         if self._w >= 0:
+            try:
+                os.write(self._w, b"done")  # an ended task, not a dead worker: one scan is enough
+            except OSError:  # pragma: no cover - the watchdog is gone
+                pass
             os.close(self._w)
             self._w = -1
         if self._proc is not None:
