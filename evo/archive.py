@@ -441,6 +441,19 @@ def _trial(number: int, state: TrialState, values: dict[int, float] | None, star
     return trial
 
 
+def set_study_system_attr(rdb: optuna.storages.RDBStorage, study_id: int, key: str, value: Any) -> None:
+    """`RDBStorage.set_study_system_attr` as one UPDATE (or INSERT) in one transaction, without its ORM
+    session and lookups: a row a candidate (its decision) was 7 ms of the controller's ~50 (load 2)."""
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+
+    A = models.StudySystemAttributeModel.__table__
+    text = json.dumps(value)
+    with rdb.engine.begin() as conn:
+        if not conn.execute(sa.update(A).where(A.c.study_id == study_id, A.c.key == key).values(value_json=text)).rowcount:
+            conn.execute(sa.insert(A).values(study_id=study_id, key=key, value_json=text))
+
+
 def insert_trials(rdb: optuna.storages.RDBStorage, study_id: int, trials: list[FrozenTrial]) -> list[int]:
     """Finished trials written as Optuna's RDB schema holds them, in one transaction; their numbers.
 
@@ -545,7 +558,11 @@ class Archive:
         """One row of `decisions` (key = candidate index) or `logbook` (key = generation)."""
         assert table in ROWS, table
         with self._writing():
-            self.storage.set_study_system_attr(self._id, f"{_PREFIX}{table}:{key}", value)
+            rdb = _rdb(self.storage)
+            if rdb is None:
+                self.storage.set_study_system_attr(self._id, f"{_PREFIX}{table}:{key}", value)
+            else:
+                set_study_system_attr(rdb, self._id, f"{_PREFIX}{table}:{key}", value)
         if table == "decisions":
             self.attrs["decisions"][str(key)] = value
         else:

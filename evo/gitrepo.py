@@ -3,18 +3,25 @@
 Nothing here touches the user's working tree, index or HEAD: commits are built in a temporary
 index file, merges use `git merge-tree --write-tree`, runs get a `git archive` export. GitPython
 opens and validates the repository; plumbing goes through the git binary, which is faster and
-gives exact control over the environment and exit codes.
+gives exact control over the environment and exit codes, except on the path every child takes:
+its blobs, trees and commit are written as loose objects and its new candidate ref as a loose ref
+in-process (what git writes, byte for byte; a git process each was most of a child's cost on
+quick targets). Repositories that are not plain SHA-1 with files-backend refs use git for those too.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import io
 import os
+import re
 import subprocess
 import tarfile
 import tempfile
 import threading
+import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +67,9 @@ class GitRepo:
         self._files: dict[bytes, list[str]] = {}  # tree id -> its file listing
         if self.rev("HEAD", missing_ok=True) is None:
             raise GitError(f"{p}: the repository has no commits yet")
+        self._common = Path(self.out("rev-parse", "--path-format=absolute", "--git-common-dir"))
+        self._plain = self._plain_format()
+        self._log_all = str(self._repo.config_reader().get_value("core", "logallrefupdates", "")).lower() == "always"
 
     # -- plumbing ---------------------------------------------------------------------------
     def git(self, *args: str, input: bytes | None = None, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -89,7 +99,20 @@ class GitRepo:
     @property
     def git_dir(self) -> Path:
         """The repository's common git folder (evo keeps its study locks under it)."""
-        return Path(self.out("rev-parse", "--path-format=absolute", "--git-common-dir"))
+        return self._common
+
+    def _plain_format(self) -> bool:
+        """SHA-1 objects in the common folder's objects/ and refs as files: what the in-process writers
+        write. Anything else (SHA-256, reftable, an object folder moved by the environment) goes
+        through git."""
+        cfg = self._repo.config_reader()
+        if str(cfg.get_value("extensions", "objectformat", "sha1")).lower() != "sha1":
+            return False
+        if str(cfg.get_value("extensions", "refstorage", "files")).lower() != "files":
+            return False
+        if os.environ.get("GIT_OBJECT_DIRECTORY") or os.environ.get("GIT_DIR") or os.environ.get("GIT_COMMON_DIR"):
+            return False
+        return (self._common / "objects").is_dir() and (self._common / "refs").is_dir()
 
     def head(self) -> str:
         return self.rev("HEAD")  # type: ignore[return-value]
@@ -214,17 +237,38 @@ class GitRepo:
         return self._store(b"tree", buf.getvalue())
 
     def _store(self, kind: bytes, data: bytes) -> bytes:
-        return self._repo.odb.store(IStream(kind, len(data), io.BytesIO(data))).binsha
+        """Write one object; its binary id. A loose object as git writes it (zlib of "<kind> <size>\\0" +
+        data, at objects/xx/yyyy..., read-only), through a temporary file renamed into place, so a kill
+        leaves the object whole or absent (and at worst a `tmp_obj_*` file, which `git gc` removes)."""
+        if not self._plain:
+            return self._repo.odb.store(IStream(kind, len(data), io.BytesIO(data))).binsha
+        raw = b"%s %d\0" % (kind, len(data)) + data
+        sha = hashlib.sha1(raw).digest()
+        hexsha = sha.hex()
+        folder = self._common / "objects" / hexsha[:2]
+        path = folder / hexsha[2:]
+        if not path.exists():
+            _write_atomically(folder, path, zlib.compress(raw, 1), "tmp_obj_", 0o444, sync=False)
+        return sha
 
     def commit_files(self, base: str, files: dict[str, str | bytes], message: str, parents: list[str] | None = None) -> str:
         """A new commit: base's tree with `files` replaced; parents default to [base]."""
         return self.commit_tree(self.write_tree(base, files), parents if parents is not None else [base], message)
 
     def commit_tree(self, tree: str, parents: list[str], message: str) -> str:
-        args = ["commit-tree", tree]
-        for p in parents:
-            args += ["-p", p]
-        return self.out(*args, input=message.encode())
+        """A commit object, as `git commit-tree` writes it with evo's identity: written in-process, or by
+        git when a date in the environment is in a form other than git's own `<seconds> <+hhmm>`."""
+        stamps = [_git_date(os.environ.get(var)) for var in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE")]
+        if not self._plain or None in stamps or not all(_HEX40.fullmatch(x) for x in (tree, *parents)):
+            args = ["commit-tree", tree]
+            for p in parents:
+                args += ["-p", p]
+            return self.out(*args, input=message.encode())
+        author, committer = stamps
+        lines = [f"tree {tree}", *(f"parent {p}" for p in parents),
+                 f"author {_IDENTITY['GIT_AUTHOR_NAME']} <{_IDENTITY['GIT_AUTHOR_EMAIL']}> {author}",
+                 f"committer {_IDENTITY['GIT_COMMITTER_NAME']} <{_IDENTITY['GIT_COMMITTER_EMAIL']}> {committer}", "", ""]
+        return self._store(b"commit", "\n".join(lines).encode() + message.encode()).hex()
 
     def merge_tree(self, a: str, b: str) -> MergeResult:
         """3-way merge of two commits at their merge base, without a worktree."""
@@ -241,10 +285,33 @@ class GitRepo:
 
     def set_ref(self, name: str, new: str, old: str | None = None, reason: str = "evo") -> None:
         """Atomic update; with `old`, only if the ref still points there (compare-and-swap)."""
+        if old is None and self._loose_ref(name, new):
+            return
         args = ["update-ref", "-m", reason, name, new]
         if old is not None:
             args.append(old)
         self.git(*args)
+
+    def _loose_ref(self, name: str, new: str) -> bool:
+        """Set a ref under refs/evo/ as a loose ref (the files backend's form; a packed entry of the same
+        name is shadowed, as `git update-ref` leaves it); whether it was written. The id is written and
+        synced in a file under the git folder's evo/ and renamed over the ref: a kill leaves the ref
+        old or new, never half-written and never locked (git's `<ref>.lock`, taken in-process, would
+        stay behind a kill -9 and stop every later update; a git process, by contrast, outlives the
+        kill and finishes). Only evo writes its refs, under the study's lock. Git keeps no reflog
+        there; a ref that has one, `core.logAllRefUpdates = always` or a name outside what evo makes
+        are left to git."""
+        if not (self._plain and not self._log_all and _HEX40.fullmatch(new) and evo_ref_name(name)):
+            return False
+        path = self._common / name
+        if (self._common / "logs" / name).exists():
+            return False
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return False  # a file where a folder of refs should be: git says what is wrong
+        _write_atomically(self._common / "evo", path, f"{new}\n".encode(), "tmp_ref_", 0o644, sync=True)
+        return True
 
     def refs(self, prefix: str) -> dict[str, str]:
         raw = self.out("for-each-ref", "--format=%(refname) %(objectname)", prefix)
@@ -288,6 +355,55 @@ _TREE = 0o40000
 def _git_order(entries: dict[str, tuple[bytes, int]]) -> list[tuple[str, tuple[bytes, int]]]:
     """Tree entries in git's order: a folder sorts as if its name ended in '/'."""
     return sorted(entries.items(), key=lambda e: e[0].encode("utf-8", "surrogateescape") + (b"/" if e[1][1] == _TREE else b""))
+
+
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_GIT_DATE = re.compile(r"@?(\d+) ([+-]\d{4})")
+_REF_OK = re.compile(r"refs/evo/[A-Za-z0-9_./-]+")
+
+
+def _git_date(value: str | None) -> str | None:
+    """`<seconds> <+hhmm>` for a commit: now in the local zone when unset, the value when git's own
+    raw form, None for any other form (left to git to parse)."""
+    if not value:
+        now = time.time()
+        off = time.localtime(now).tm_gmtoff // 60
+        return f"{int(now)} {'-' if off < 0 else '+'}{abs(off) // 60:02d}{abs(off) % 60:02d}"
+    m = _GIT_DATE.fullmatch(value.strip())
+    return f"{m.group(1)} {m.group(2)}" if m else None
+
+
+def evo_ref_name(name: str) -> bool:
+    """A name under refs/evo/ of the kind evo makes (letters, digits, `_ . / -`) that git's rules
+    accept, checked without a process; False means: ask git."""
+    if not _REF_OK.fullmatch(name):
+        return False
+    parts = name.split("/")
+    return all(p and not p.startswith(".") and not p.endswith((".lock", ".")) for p in parts) and ".." not in name
+
+
+def _write_atomically(folder: Path, path: Path, data: bytes, prefix: str, mode: int, sync: bool) -> None:
+    """`data` at `path` whole or not at all: written in `folder` (the same file system), renamed into place."""
+    folder.mkdir(exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)  # the same bytes if another writer got there first
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def export_tree(tar_bytes: bytes, dest: Path) -> None:

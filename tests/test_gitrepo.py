@@ -1,4 +1,5 @@
-"""The in-process tree reads (ls_files, changed_paths) list what git's own commands list."""
+"""The in-process tree reads (ls_files, changed_paths) list what git's own commands list; the in-process
+writers (objects, commits, candidate refs) write what git writes."""
 
 from __future__ import annotations
 
@@ -69,3 +70,35 @@ def test_pack_refs_keeps_every_ref_and_only_packs_past_the_threshold(tmp_path: P
     g.set_ref("refs/evo/s/c/00001", b, a)
     assert not g.pack_refs("refs/evo/s/c", threshold=0)
     assert g.refs("refs/evo/s/c/") == before | {"refs/evo/s/c/00009": a, "refs/evo/s/c/00001": b}
+
+
+def test_in_process_objects_commits_and_refs_are_what_git_writes(tmp_path: Path, monkeypatch) -> None:
+    repo = tmp_path / "r"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    base = _commit(repo, {"a.py": "A = 1\n", "b/c.txt": "x\n"}, modes={"a.py": 0o755})
+    monkeypatch.setenv("GIT_AUTHOR_DATE", "1700000000 +0130")
+    monkeypatch.setenv("GIT_COMMITTER_DATE", "1700000100 -0500")
+    g = GitRepo(repo)
+    assert g._plain
+    tree = g.write_tree(base, {"a.py": "A = 2\n", "b/new/d.py": "D = 4\n"})
+    commit = g.commit_tree(tree, [base], "child\n\nEvo-Index: 1\n")
+    g.set_ref("refs/evo/toy/c/00001", commit)
+    # git reads them back: the files and the executable bit kept, the ref, and the objects are well-formed
+    assert _git(repo, "ls-tree", "-r", tree).split("\n")[0].startswith("100755 blob")
+    assert _git(repo, "show", f"{commit}:b/new/d.py") == "D = 4\n"
+    assert _git(repo, "rev-parse", "refs/evo/toy/c/00001").strip() == commit
+    _git(repo, "fsck", "--strict", "--no-dangling")
+    # and git's own writers give the same ids for the same content, dates and identity
+    g._plain = False
+    assert g.write_tree(base, {"a.py": "A = 2\n", "b/new/d.py": "D = 4\n"}) == tree
+    assert g.commit_tree(tree, [base], "child\n\nEvo-Index: 1\n") == commit
+    # a date git would parse but evo does not (an ISO form) goes to git, with the same result as git alone
+    g._plain = True
+    monkeypatch.setenv("GIT_AUTHOR_DATE", "2023-11-14T22:13:20+01:30")
+    iso = g.commit_tree(tree, [base], "child\n\nEvo-Index: 1\n")
+    assert _git(repo, "log", "-1", "--format=%ai", iso).strip() == "2023-11-14 22:13:20 +0130"
+    # a ref that has a reflog is left to git, which appends to it
+    _git(repo, "update-ref", "--create-reflog", "-m", "t", "refs/evo/toy/c/00002", base)
+    g.set_ref("refs/evo/toy/c/00002", commit)
+    assert len(_git(repo, "reflog", "show", "refs/evo/toy/c/00002").splitlines()) == 2
