@@ -103,13 +103,15 @@ class GitRepo:
 
     def _plain_format(self) -> bool:
         """SHA-1 objects in the common folder's objects/ and refs as files: what the in-process writers
-        write. Anything else (SHA-256, reftable, an object folder moved by the environment) goes
-        through git."""
+        write. Anything else (SHA-256, reftable, a group-shared repository, an object folder moved by
+        the environment) goes through git."""
         cfg = self._repo.config_reader()
         if str(cfg.get_value("extensions", "objectformat", "sha1")).lower() != "sha1":
             return False
         if str(cfg.get_value("extensions", "refstorage", "files")).lower() != "files":
             return False
+        if str(cfg.get_value("core", "sharedrepository", "false")).lower() not in ("false", "umask", "0"):
+            return False  # group-shared: git sets the group's permissions on what it writes
         if os.environ.get("GIT_OBJECT_DIRECTORY") or os.environ.get("GIT_DIR") or os.environ.get("GIT_COMMON_DIR"):
             return False
         return (self._common / "objects").is_dir() and (self._common / "refs").is_dir()
