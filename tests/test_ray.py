@@ -374,3 +374,29 @@ def test_cpus_per_trial_is_what_a_run_reserves(cluster: str, make_repo, tmp_path
     assert sorted(d.result.outcome for d in done) == ["complete", "complete"], [d.result.reason for d in done]
     kinds = [line.split()[0] for line in events.read_text().splitlines()]
     assert kinds == (["start", "start", "end", "end"] if cpus == 1.0 else ["start", "end", "start", "end"]), kinds
+
+
+def test_the_watchdog_guards_from_the_moment_it_is_made(tmp_path: Path) -> None:
+    """What a worker killed just after starting a task leaves: Ray SIGKILLs the worker's direct children
+    (the watchdog's first process among them) at once, and the pipe reads EOF without "done". A run
+    started right after the watchdog, in a session of its own, must still be killed and the task's
+    folder removed; before the watchdog waited to be ready, its interpreter could die before it had
+    forked the process that guards (a Ray kill test failed that way once)."""
+    from evo.executors.ray import MARKER_ENV, _Watchdog
+
+    folder = tmp_path / "task"
+    folder.mkdir()
+    guard = _Watchdog("m-test-1", folder)
+    assert guard._proc is not None
+    run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, MARKER_ENV: "m-test-1"},
+                           start_new_session=True)
+    try:
+        os.kill(guard._proc.pid, signal.SIGKILL)  # what Ray does to a dead worker's children
+        guard._proc.wait()
+        os.close(guard._w)  # the worker dies: EOF, no "done"
+        wait_for(lambda: run.poll() is not None, timeout=20)
+        wait_for(lambda: not folder.exists(), timeout=20)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        run.wait()
