@@ -1,7 +1,7 @@
 """The git seam: individuals are commits, made and merged without a checkout.
 
-Nothing here touches the user's working tree, index or HEAD: commits are built in a temporary
-index file, merges use `git merge-tree --write-tree`, runs get a `git archive` export. GitPython
+Nothing here touches the user's working tree, index or HEAD: trees are written straight into the
+object database (no index), merges use `git merge-tree --write-tree`, runs get a `git archive` export. GitPython
 opens and validates the repository; plumbing goes through the git binary, which is faster and
 gives exact control over the environment and exit codes, except on the path every child takes:
 its blobs, trees and commit are written as loose objects and its new candidate ref as a loose ref
@@ -68,8 +68,9 @@ class GitRepo:
         if self.rev("HEAD", missing_ok=True) is None:
             raise GitError(f"{p}: the repository has no commits yet")
         self._common = Path(self.out("rev-parse", "--path-format=absolute", "--git-common-dir"))
-        self._plain = self._plain_format()
-        self._log_all = str(self._repo.config_reader().get_value("core", "logallrefupdates", "")).lower() == "always"
+        cfg = self._repo.config_reader()  # parses every config file: once
+        self._plain = self._plain_format(cfg)
+        self._log_all = str(cfg.get_value("core", "logallrefupdates", "")).lower() == "always"
 
     # -- plumbing ---------------------------------------------------------------------------
     def git(self, *args: str, input: bytes | None = None, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -101,11 +102,10 @@ class GitRepo:
         """The repository's common git folder (evo keeps its study locks under it)."""
         return self._common
 
-    def _plain_format(self) -> bool:
+    def _plain_format(self, cfg: gitpython.config.GitConfigParser) -> bool:
         """SHA-1 objects in the common folder's objects/ and refs as files: what the in-process writers
         write. Anything else (SHA-256, reftable, a group-shared repository, an object folder moved by
         the environment) goes through git."""
-        cfg = self._repo.config_reader()
         if str(cfg.get_value("extensions", "objectformat", "sha1")).lower() != "sha1":
             return False
         if str(cfg.get_value("extensions", "refstorage", "files")).lower() != "files":

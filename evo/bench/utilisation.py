@@ -122,7 +122,7 @@ def noop_throughput(work: Path, repo: Path, p: dict[str, Any], seed: int, log: A
     from evo.bench.common import loadavg
 
     name = "util-noop"
-    kind = p.get("noop_executor", "local")
+    kind = p["noop_executor"]
     cfg = make_config(work, name, repo, run=NOOP.format(seconds=p["noop_seconds"]), mutable=["work.py"], strategy="random",
                       population=p["noop_workers"], generations=-(-p["noop_candidates"] // p["noop_workers"]), workers=p["noop_workers"],
                       seed=seed, sprt=False, timeout=30.0, executor={"kind": kind})
