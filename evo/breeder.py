@@ -88,7 +88,7 @@ class Breeder:
         ind.commit = self.repo.commit_tree(tree, list(ind.parents), msg)
         ind.tree = tree
         self.repo.set_ref(self.ref(idx), ind.commit)  # the ref before the trial: a kill here is adopted
-        ind.artifacts = self.save_artifacts(idx, artifacts | {"diff.patch": self.repo.diff(plan.parents[0].commit, ind.commit)})
+        ind.artifacts = self.save_artifacts(idx, artifacts | {"diff.patch": self.repo.patch(plan.parents[0].commit, ind.commit)})
         twin = trees.get(tree)
         if twin is not None:  # retries exhausted: the same code as an earlier individual, never re-run
             return self.duplicate(ind, pop[twin])
@@ -201,7 +201,7 @@ class Breeder:
                 screen_seed=self.screen_seed,
             )
             if ind.parents:  # the diff is written right after the ref: the kill may have come first
-                ind.artifacts = self.save_artifacts(idx, {"diff.patch": self.repo.diff(ind.parents[0], sha)})
+                ind.artifacts = self.save_artifacts(idx, {"diff.patch": self.repo.patch(ind.parents[0], sha)})
                 ind.params = changed_constants(self.repo, self.repo.tree_of(ind.parents[0]), ind.tree, self.mutable)
             twin = min((o for o in pop.values() if o.tree == ind.tree and o.index < idx and o.commit and o.reused_from is None),
                        key=lambda o: o.index, default=None)

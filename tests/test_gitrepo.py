@@ -102,3 +102,60 @@ def test_in_process_objects_commits_and_refs_are_what_git_writes(tmp_path: Path,
     _git(repo, "update-ref", "--create-reflog", "-m", "t", "refs/evo/toy/c/00002", base)
     g.set_ref("refs/evo/toy/c/00002", commit)
     assert len(_git(repo, "reflog", "show", "refs/evo/toy/c/00002").splitlines()) == 2
+
+
+def test_a_childs_patch_is_what_git_diff_prints(tmp_path: Path) -> None:
+    """`GitRepo.patch` makes a child's diff.patch in-process: for the edits the constants operator makes
+    (lines changed in place, in one file or several) it is byte for byte `git diff --full-index`; for
+    random edits (lines added and removed too) it is a patch git applies, where git may place an
+    ambiguous blank line elsewhere; anything else (a file added, removed, re-moded, binary, with no
+    final newline) is git's own output."""
+    import random
+
+    repo = tmp_path / "r"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    src = (Path(__file__).parents[1] / "model" / "train.py").read_text()
+    other = (Path(__file__).parents[1] / "evo" / "judge.py").read_text()
+    base = _commit(repo, {"train.py": src, "sub/j.py": other, "bin.dat": "a\0b\n", "tail.txt": "no newline"})
+    g = GitRepo(repo)
+    rng = random.Random(0)
+
+    def git_diff(a: str, b: str) -> str:
+        return _git(repo, "diff", "--full-index", a, b)
+
+    for k in range(40):  # in-place edits, as the constants operator makes: exactly git's bytes
+        files = {}
+        for name, text in (("train.py", src), ("sub/j.py", other)):
+            lines = text.split("\n")
+            for _ in range(rng.choice([1, 2, 3])):
+                i = rng.randrange(len(lines))
+                lines[i] = lines[i].replace("=", f"= {k} +", 1) if "=" in lines[i] else lines[i] + " # edited"
+            if k % 3 or name == "train.py":
+                files[name] = "\n".join(lines)
+        child = g.commit_files(base, files, "m")
+        assert g.patch(base, child) == git_diff(base, child)
+    applied = 0
+    for _ in range(40):  # lines added and removed: a patch git applies to the parent, giving the child
+        lines = src.split("\n")
+        for _ in range(rng.choice([1, 3, 6])):
+            i = rng.randrange(len(lines))
+            if rng.random() < 0.5:
+                del lines[i]
+            else:
+                lines.insert(i, rng.choice(["", "X = 1", "    pass"]))
+        child = g.commit_files(base, {"train.py": "\n".join(lines)}, "m")
+        mine = g.patch(base, child)
+        work = tmp_path / "w"
+        subprocess.run(["rm", "-rf", str(work)], check=True)
+        _git(repo, "worktree", "add", "-q", "--detach", str(work), base)
+        subprocess.run(["git", "apply", "-"], input=mine.encode(), cwd=work, check=True, capture_output=True)
+        assert (work / "train.py").read_text() == "\n".join(lines)
+        _git(repo, "worktree", "remove", "--force", str(work))
+        applied += 1
+    assert applied == 40
+    for files in ({"bin.dat": "a\0c\n"}, {"tail.txt": "still none"}, {"new.py": "x = 1\n"}):  # git's own output
+        child = g.commit_files(base, files, "m")
+        assert g.patch(base, child) == git_diff(base, child) != ""
+    gone = _commit(repo, {"tail.txt": None})
+    assert g.patch(base, gone) == git_diff(base, gone) and "deleted file mode" in g.patch(base, gone)
