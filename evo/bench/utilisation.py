@@ -65,7 +65,7 @@ print(f"score: {{value:.5f}}")
 '''
 
 FULL = {"population": 8, "generations": 4, "reps": 2, "dmin": 0.5, "dmax": 2.5, "crash": 0.15, "bad": 0.25, "workers": 4,
-        "noop_workers": 32, "noop_seconds": 2.0, "noop_candidates": 320, "noop_executor": "local"}
+        "noop_workers": 32, "noop_seconds": 2.0, "noop_candidates": 960, "noop_executor": "local"}
 QUICK = {"population": 4, "generations": 2, "reps": 1, "dmin": 0.2, "dmax": 0.8, "crash": 0.15, "bad": 0.25, "workers": 4,
          "noop_workers": 8, "noop_seconds": 0.5, "noop_candidates": 40, "noop_executor": "local"}
 # issue 18's controller figure: runs that do nothing but wait, on many slots, so the controller is the only limit
@@ -135,15 +135,28 @@ def noop_throughput(work: Path, repo: Path, p: dict[str, Any], seed: int, log: A
     ends = sorted(e["end"] for e in probe.events["record"])
     lo, hi = len(ends) // 10, len(ends) - 1 - len(ends) // 10  # the middle 80% of the recorded runs: no start-up, no tail
     sustained = (hi - lo) / (ends[hi] - ends[lo]) if hi > lo and ends[hi] > ends[lo] else None
+    steady = _window_utilisation(probe.events["work"], ends[lo], ends[hi], p["noop_workers"]) if hi > lo and probe.events["work"] else None  # local slots only
     out = {"executor": kind, "workers": p["noop_workers"], "run_seconds": p["noop_seconds"], "candidates": summary["candidates"], "runs": runs,
            "wall_s": round(wall, 2), "candidates_per_s": round(summary["candidates"] / wall, 2),
            "sustained_per_s": round(sustained, 2) if sustained else None, "slots_bound_per_s": round(p["noop_workers"] / p["noop_seconds"], 2), "utilisation": round(float(summary["utilisation"]), 4),
+           "steady_utilisation": round(steady, 4) if steady is not None else None,
            "controller_busy": round(busy / wall, 4), "controller_ms_per_candidate": round(1000 * busy / max(1, summary["candidates"]), 1),
            "loadavg": loadavg()}
     log(f"  no-op runs of {p['noop_seconds']} s on {p['noop_workers']} {kind} slots (load {out['loadavg']}): {out['candidates']} candidates in "
-        f"{out['wall_s']} s = {out['candidates_per_s']} per s ({out['sustained_per_s']} sustained; the slots allow {out['slots_bound_per_s']}), utilisation {out['utilisation']:.2f}, controller busy {out['controller_busy']:.2f} "
+        f"{out['wall_s']} s = {out['candidates_per_s']} per s ({out['sustained_per_s']} sustained; the slots allow {out['slots_bound_per_s']}), utilisation {out['utilisation']:.2f} "
+        f"({out['steady_utilisation']} sustained), controller busy {out['controller_busy']:.2f} "
         f"({out['controller_ms_per_candidate']} ms per candidate)")
     return out
+
+
+def _window_utilisation(work: list[dict[str, Any]], t0: float, t1: float, slots: int) -> float | None:
+    """The share of slot-seconds between t0 and t1 that slots spent holding a job (export, run, clean-up):
+    the search's utilisation without its start (the baseline runs alone before anything can be bred
+    from it) and its end (the last runs finish one by one)."""
+    if t1 <= t0:
+        return None
+    held = sum(max(0.0, min(e["end"], t1) - max(e["end"] - e["s"], t0)) for e in work)
+    return held / ((t1 - t0) * slots)
 
 
 def describe_search(trials: list[Any], summary: dict[str, Any], wall: float, workers: int) -> dict[str, Any]:
@@ -175,8 +188,8 @@ def table(res: dict[str, Any]) -> list[tuple[str, str]]:
                          f"{s['pruned_share']:.0%} pruned, {s['crashed_share']:.0%} crashed; wall {fmt(s['wall_s_median'])} s)"))
     n = res.get("noop")
     if n:
-        rows.append((f"no-op {n['run_seconds']} s runs, {n['workers']} {n.get('executor', 'local')} slots (load {n['loadavg']}): candidates/s (sustained), utilisation, controller ms/candidate",
-                     f"{fmt(n['candidates_per_s'])} ({fmt(n['sustained_per_s'])}), {fmt(n['utilisation'])}, {fmt(n['controller_ms_per_candidate'])}"))
+        rows.append((f"no-op {n['run_seconds']} s runs, {n['workers']} {n.get('executor', 'local')} slots (load {n['loadavg']}): candidates/s (sustained), utilisation (sustained), controller ms/candidate",
+                     f"{fmt(n['candidates_per_s'])} ({fmt(n['sustained_per_s'])}), {fmt(n['utilisation'])} ({fmt(n.get('steady_utilisation'))}), {fmt(n['controller_ms_per_candidate'])}"))
     return rows
 
 
