@@ -133,3 +133,31 @@ def evo(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict[str
         [sys.executable, "-m", "evo", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
+
+
+# -- PostgreSQL: the storage a Ray user shares between machines ---------------------------------------
+
+PG_URL = os.environ.get("EVO_TEST_POSTGRES", "postgresql+psycopg://evo@127.0.0.1:5432/evo")
+
+
+def postgres_or_skip() -> str:
+    """The test server's URL; in CI (CI=true) its absence is a failure, elsewhere a skip with the reason."""
+    import importlib.util
+
+    from evo.archive import mask_url, open_storage
+    from evo.errors import EvoError
+
+    why = ""
+    if importlib.util.find_spec("psycopg") is None:
+        why = 'the PostgreSQL driver is not installed (pip install "psycopg[binary]")'
+    else:
+        try:
+            open_storage(PG_URL)
+        except EvoError as e:
+            why = f"no PostgreSQL server at {mask_url(PG_URL)} ({e}); start one with .ci/postgres"
+    if why:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI must run the PostgreSQL test: {why}")
+        print(f"skipped: {why}")
+        pytest.skip(why)
+    return PG_URL

@@ -52,26 +52,40 @@ def test_the_fast_reader_equals_optunas(tmp_path: Path, monkeypatch: pytest.Monk
     assert [t.value for t in mem.trials()] == [1.0]
 
 
-def test_the_writer_writes_what_optuna_writes(tmp_path: Path) -> None:
-    """`Archive.add` writes trials with plain SQL; Optuna's `create_new_trial` of the same trials
-    leaves the same rows: read back by Optuna's own reader, the two studies' trials are equal."""
-    url = f"sqlite:///{tmp_path / 'evo.db'}"
-    ours = Archive(url, "ours", direction="minimize")
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_writer_writes_what_optuna_writes(tmp_path: Path, database: str) -> None:
+    """`Archive.add` writes trials with the driver's own SQL; Optuna's `create_new_trial` of the same
+    trials leaves the same rows: read back by Optuna's own reader, the two studies' trials are equal
+    (datetimes, enums and values go through the same column types on both databases)."""
+    import uuid
+
+    from conftest import postgres_or_skip
+
+    url = f"sqlite:///{tmp_path / 'evo.db'}" if database == "sqlite" else postgres_or_skip()
+    tag = uuid.uuid4().hex[:8]  # a shared server keeps earlier runs' studies
+    mine, other = f"ours-{tag}", f"theirs-{tag}"
+    ours = Archive(url, mine, direction="minimize")
     _fill(ours)
-    theirs = Archive(url, "theirs", direction="minimize")
-    for t in sorted(optuna.load_study(study_name="ours", storage=url).get_trials(deepcopy=False), key=lambda t: t.number):
+    ours.set_row("decisions", 3, {"decision": "rejected"})
+    ours.set_row("decisions", 3, {"decision": "accepted"})  # the second write of a row updates it
+    assert Archive(url, mine).attrs["decisions"] == {"3": {"decision": "accepted"}}
+    theirs = Archive(url, other, direction="minimize")
+    for t in sorted(optuna.load_study(study_name=mine, storage=url).get_trials(deepcopy=False), key=lambda t: t.number):
         theirs.storage.create_new_trial(theirs._id, template_trial=t)
-    a = sorted(optuna.load_study(study_name="ours", storage=url).get_trials(), key=lambda t: t.number)
-    b = sorted(optuna.load_study(study_name="theirs", storage=url).get_trials(), key=lambda t: t.number)
+    a = sorted(optuna.load_study(study_name=mine, storage=url).get_trials(), key=lambda t: t.number)
+    b = sorted(optuna.load_study(study_name=other, storage=url).get_trials(), key=lambda t: t.number)
     assert len(a) == len(b) == 5
     for x, y in zip(a, b):
         assert (x.number, x.state, x.values, x.params, x.distributions, x.user_attrs, x.system_attrs, x.datetime_start, x.datetime_complete) == \
                (y.number, y.state, y.values, y.params, y.distributions, y.user_attrs, y.system_attrs, y.datetime_start, y.datetime_complete)
         assert repr(x.intermediate_values) == repr(y.intermediate_values)
     # optuna's own tools read the study: best trial, a dataframe, the summaries
-    study = optuna.load_study(study_name="ours", storage=url)
+    study = optuna.load_study(study_name=mine, storage=url)
     assert study.best_trial.number == 0 and len(study.trials_dataframe()) == 5
-    assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(url)}["ours"] == 5
+    assert {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(url)}[mine] == 5
+    if database == "postgresql":
+        for name in (mine, other):
+            optuna.delete_study(study_name=name, storage=url)
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, git, write_config, facts
+from conftest import ROOT, git, write_config, facts, postgres_or_skip
 from evo.executors.base import Job, RunTemplate
 from evo.executors.local import LocalExecutor
 from evo.gitrepo import GitRepo
@@ -554,38 +554,12 @@ def test_a_full_disk_mid_search_ends_clearly_in_seconds_and_the_study_resumes(tm
 
 # -- PostgreSQL: the storage a Ray user shares between machines ---------------------------------------
 
-PG_URL = os.environ.get("EVO_TEST_POSTGRES", "postgresql+psycopg://evo@127.0.0.1:5432/evo")
-
-
-def _postgres_or_skip() -> str:
-    """The test server's URL; in CI (CI=true) its absence is a failure, elsewhere a skip with the reason."""
-    import importlib.util
-
-    from evo.archive import mask_url, open_storage
-    from evo.errors import EvoError
-
-    why = ""
-    if importlib.util.find_spec("psycopg") is None:
-        why = 'the PostgreSQL driver is not installed (pip install "psycopg[binary]")'
-    else:
-        try:
-            open_storage(PG_URL)
-        except EvoError as e:
-            why = f"no PostgreSQL server at {mask_url(PG_URL)} ({e}); start one with .ci/postgres"
-    if why:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI must run the PostgreSQL test: {why}")
-        print(f"skipped: {why}")
-        pytest.skip(why)
-    return PG_URL
-
-
 def test_a_two_worker_search_on_postgresql(tmp_path: Path, make_repo) -> None:  # noqa: ANN001
     import optuna
 
     from evo import cli
 
-    url = _postgres_or_skip()
+    url = postgres_or_skip()
     name = f"pg-{uuid.uuid4().hex[:8]}"
     repo = make_repo(noise=0.0)
     cfg = write_config(tmp_path / "evo.toml", repo, tmp_path / "unused.db",
