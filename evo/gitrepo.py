@@ -439,25 +439,29 @@ _PARSED_TREES = 20_000  # parsed trees kept (then forgotten all at once)
 
 
 class _ObjectCache:
-    """Least recently used objects up to a total size; one larger than a quarter of it is not kept."""
+    """Least recently used objects up to a total size; one larger than a quarter of it is not kept.
+    Locked on its own: a commit object is stored outside the repository's object lock."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.size = limit, 0
         self._items: dict[bytes, tuple[bytes, bytes]] = {}  # insertion order = recency
+        self._lock = threading.Lock()
 
     def get(self, sha: bytes) -> tuple[bytes, bytes] | None:
-        obj = self._items.pop(sha, None)
-        if obj is not None:
-            self._items[sha] = obj
-        return obj
+        with self._lock:
+            obj = self._items.pop(sha, None)
+            if obj is not None:
+                self._items[sha] = obj
+            return obj
 
     def put(self, sha: bytes, obj: tuple[bytes, bytes]) -> None:
-        if sha in self._items or len(obj[1]) > self.limit // 4:
-            return
-        self._items[sha] = obj
-        self.size += len(obj[1])
-        while self.size > self.limit:
-            self.size -= len(self._items.pop(next(iter(self._items)))[1])
+        with self._lock:
+            if sha in self._items or len(obj[1]) > self.limit // 4:
+                return
+            self._items[sha] = obj
+            self.size += len(obj[1])
+            while self.size > self.limit:
+                self.size -= len(self._items.pop(next(iter(self._items)))[1])
 
 
 def _plain_text(data: bytes) -> bool:

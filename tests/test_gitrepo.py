@@ -159,3 +159,26 @@ def test_a_childs_patch_is_what_git_diff_prints(tmp_path: Path) -> None:
         assert g.patch(base, child) == git_diff(base, child) != ""
     gone = _commit(repo, {"tail.txt": None})
     assert g.patch(base, gone) == git_diff(base, gone) and "deleted file mode" in g.patch(base, gone)
+
+
+def test_reads_are_git_s_bytes_through_a_full_object_cache(tmp_path: Path, monkeypatch) -> None:
+    """Objects are read in-process (loose ones inflated here, packed ones through git) into a bounded
+    cache: with a cache too small for the repository, every file still reads as `git show` prints it,
+    before and after `git gc` packs the objects."""
+    import evo.gitrepo as gitrepo
+
+    monkeypatch.setattr(gitrepo, "_CACHE_BYTES", 4096)
+    repo = tmp_path / "r"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    files = {f"d{i % 3}/f{i}.txt": f"{i}\n" * (50 + 40 * i) for i in range(12)}
+    commit = _commit(repo, files)
+    for packed in (False, True):
+        if packed:
+            _git(repo, "gc", "-q")
+            assert not any(p.name != "pack" and p.name != "info" for p in (repo / ".git" / "objects").iterdir())
+        g = GitRepo(repo)
+        for _ in range(2):  # the second pass reads what the first evicted
+            for path in files:
+                assert g.read(commit, path) == _git(repo, "show", f"{commit}:{path}").encode()
+        assert g._objects.size <= 4096
