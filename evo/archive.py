@@ -474,22 +474,26 @@ class _DriverSQL:
     def marks(self, cols: Iterable[str]) -> str:
         return ", ".join(self._mark.format(c) for c in cols)  # type: ignore[union-attr]
 
+    def name(self, identifier: str) -> str:
+        """A table or column name as the database needs it written (`key` is reserved in MySQL)."""
+        return self.dialect.identifier_preparer.quote(identifier)
+
     def insert(self, conn: Any, table: Any, rows: list[dict[str, Any]], returning: str | None = None) -> Any:
         """INSERT `rows` (dicts with the same keys); with `returning`, the one row's value of that column."""
         cols = list(rows[0])
-        sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({self.marks(cols)})"
+        sql = f"INSERT INTO {self.name(table.name)} ({', '.join(map(self.name, cols))}) VALUES ({self.marks(cols)})"
         if returning is not None:
             if self.dialect.insert_returning:
-                return conn.exec_driver_sql(f"{sql} RETURNING {returning}", self.params(table, rows)[0]).scalar()
+                return conn.exec_driver_sql(f"{sql} RETURNING {self.name(returning)}", self.params(table, rows)[0]).scalar()
             return conn.exec_driver_sql(sql, self.params(table, rows)[0]).lastrowid
         conn.exec_driver_sql(sql, self.params(table, rows) if len(rows) > 1 else self.params(table, rows)[0])
 
     def update(self, conn: Any, table: Any, values: dict[str, Any], where: dict[str, Any]) -> int:
-        """UPDATE `table` SET values WHERE every `where` column equals its value; the rows changed."""
+        """UPDATE `table` SET values WHERE every `where` column equals its value; the rows it matched."""
         row = {**values, **where}
-        sets = ", ".join(f"{c} = {self.marks([c])}" for c in values)
-        cond = " AND ".join(f"{c} = {self.marks([c])}" for c in where)
-        return conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE {cond}", self.params(table, [row])[0]).rowcount
+        sets = ", ".join(f"{self.name(c)} = {self.marks([c])}" for c in values)
+        cond = " AND ".join(f"{self.name(c)} = {self.marks([c])}" for c in where)
+        return conn.exec_driver_sql(f"UPDATE {self.name(table.name)} SET {sets} WHERE {cond}", self.params(table, [row])[0]).rowcount
 
 
 _DRIVERS: dict[int, _DriverSQL] = {}

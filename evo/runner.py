@@ -572,8 +572,8 @@ def _last_pid() -> int | None:
 
 def _newest_pids(n: int = 64, since: int | None = None) -> list[int]:
     """The pids the kernel handed out after `since` (a `_last_pid()`), newest first, at most the last
-    `n` ([] where ns_last_pid is unreadable). Probing only those, not always the last 64, made the
-    clean-up after each run a quarter as costly: at 32 slots it had been a quarter of evo's CPU."""
+    `n` ([] where ns_last_pid is unreadable). Probing only those, not always the last 64, cut the
+    clean-up after a run from 12.6 to ~5 ms of CPU (at 32 slots it had been a quarter of evo's CPU)."""
     last = _last_pid()
     try:
         with open("/proc/sys/kernel/pid_max", "rb") as f:
