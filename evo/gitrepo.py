@@ -150,6 +150,8 @@ class GitRepo:
             tree = bytes.fromhex(rev)
         else:
             raise ValueError(f"{rev}: a {kind.decode()}, not a commit or tree")
+        if len(self._trees) >= 5 * _PARSED_TREES:
+            self._trees.clear()
         self._trees[rev] = tree
         return tree
 
