@@ -446,7 +446,8 @@ class _DriverSQL:
     columns' SQLAlchemy bind processors (datetimes as SQLite text, enums as their names): the rows Core
     would write, without building, cache-keying and compiling a statement on every call. Core's
     `execute(insert(...))` cost ~1 ms of Python per statement, and a candidate's record took seven;
-    at 32 slots the controller's thread spent a fifth of its time there (`evo bench`, no-op runs)."""
+    at 32 slots the controller's thread spent a fifth of its time there (`evo bench`, no-op runs).
+    A driver with a 'numeric' paramstyle gets Core's statements instead."""
 
     def __init__(self, rdb: optuna.storages.RDBStorage) -> None:
         self.dialect = rdb.engine.dialect
@@ -454,10 +455,6 @@ class _DriverSQL:
         self._named = self.dialect.paramstyle in ("named", "pyformat")
         self._mark = {"qmark": "?", "format": "%s", "named": ":{}", "pyformat": "%({})s"}.get(self.dialect.paramstyle)
         self._procs: dict[tuple[str, str], Callable[[Any], Any] | None] = {}
-
-    @property
-    def usable(self) -> bool:
-        return self._mark is not None  # 'numeric' paramstyles: Core's path
 
     def params(self, table: Any, rows: list[dict[str, Any]]) -> list[Any]:
         cols = list(rows[0])
@@ -480,16 +477,29 @@ class _DriverSQL:
 
     def insert(self, conn: Any, table: Any, rows: list[dict[str, Any]], returning: str | None = None) -> Any:
         """INSERT `rows` (dicts with the same keys); with `returning`, the one row's value of that column."""
+        if self._mark is None:
+            import sqlalchemy as sa
+
+            if returning is not None:
+                return conn.execute(sa.insert(table).values(**rows[0])).inserted_primary_key[0]
+            conn.execute(sa.insert(table), rows)
+            return None
         cols = list(rows[0])
         sql = f"INSERT INTO {self.name(table.name)} ({', '.join(map(self.name, cols))}) VALUES ({self.marks(cols)})"
         if returning is not None:
             if self.dialect.insert_returning:
                 return conn.exec_driver_sql(f"{sql} RETURNING {self.name(returning)}", self.params(table, rows)[0]).scalar()
             return conn.exec_driver_sql(sql, self.params(table, rows)[0]).lastrowid
-        conn.exec_driver_sql(sql, self.params(table, rows) if len(rows) > 1 else self.params(table, rows)[0])
+        params = self.params(table, rows)
+        conn.exec_driver_sql(sql, params if len(rows) > 1 else params[0])
+        return None
 
     def update(self, conn: Any, table: Any, values: dict[str, Any], where: dict[str, Any]) -> int:
         """UPDATE `table` SET values WHERE every `where` column equals its value; the rows it matched."""
+        if self._mark is None:
+            import sqlalchemy as sa
+
+            return conn.execute(sa.update(table).where(*(table.c[c] == v for c, v in where.items())).values(**values)).rowcount
         row = {**values, **where}
         sets = ", ".join(f"{self.name(c)} = {self.marks([c])}" for c in values)
         cond = " AND ".join(f"{self.name(c)} = {self.marks([c])}" for c in where)
@@ -509,18 +519,14 @@ def _driver(rdb: optuna.storages.RDBStorage) -> _DriverSQL:
 def set_study_system_attr(rdb: optuna.storages.RDBStorage, study_id: int, key: str, value: Any) -> None:
     """`RDBStorage.set_study_system_attr` as one UPDATE (or INSERT) in one transaction, without its ORM
     session and lookups: a row a candidate (its decision) was 7 ms of the controller's ~50 (load 2)."""
-    import sqlalchemy as sa
     from optuna.storages._rdb import models
 
     A = models.StudySystemAttributeModel.__table__
     text = json.dumps(value)
     sql = _driver(rdb)
     with rdb.engine.begin() as conn:
-        if sql.usable:
-            if not sql.update(conn, A, {"value_json": text}, {"study_id": study_id, "key": key}):
-                sql.insert(conn, A, [{"study_id": study_id, "key": key, "value_json": text}])
-        elif not conn.execute(sa.update(A).where(A.c.study_id == study_id, A.c.key == key).values(value_json=text)).rowcount:
-            conn.execute(sa.insert(A).values(study_id=study_id, key=key, value_json=text))
+        if not sql.update(conn, A, {"value_json": text}, {"study_id": study_id, "key": key}):
+            sql.insert(conn, A, [{"study_id": study_id, "key": key, "value_json": text}])
 
 
 def insert_trials(rdb: optuna.storages.RDBStorage, study_id: int, trials: list[FrozenTrial]) -> list[int]:
@@ -552,10 +558,7 @@ def insert_trials(rdb: optuna.storages.RDBStorage, study_id: int, trials: list[F
             numbers.append(count + k)
             row = {"number": count + k, "study_id": study_id, "state": t.state, "datetime_start": t.datetime_start,
                    "datetime_complete": t.datetime_complete}
-            if sql.usable:
-                tid = sql.insert(conn, T, [row], returning="trial_id")
-            else:
-                tid = conn.execute(sa.insert(T).values(**row)).inserted_primary_key[0]
+            tid = sql.insert(conn, T, [row], returning="trial_id")
             for objective, value in enumerate(t.values or ()):
                 stored, kind = V.value_to_stored_repr(value)
                 values.append({"trial_id": tid, "objective": objective, "value": stored, "value_type": kind})
@@ -573,10 +576,8 @@ def insert_trials(rdb: optuna.storages.RDBStorage, study_id: int, trials: list[F
                 inter.append({"trial_id": tid, "step": step, "intermediate_value": stored, "intermediate_value_type": kind})
         for model, rows in ((V, values), (models.TrialParamModel, params), (models.TrialUserAttributeModel, user),
                             (models.TrialSystemAttributeModel, system), (I, inter)):
-            if rows and sql.usable:
+            if rows:
                 sql.insert(conn, model.__table__, rows)
-            elif rows:
-                conn.execute(sa.insert(model.__table__), rows)
         if copies:
             conn.execute(sa.text(_COPY_ONE), copies)
     return numbers

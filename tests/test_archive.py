@@ -52,16 +52,26 @@ def test_the_fast_reader_equals_optunas(tmp_path: Path, monkeypatch: pytest.Monk
     assert [t.value for t in mem.trials()] == [1.0]
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
-def test_the_writer_writes_what_optuna_writes(tmp_path: Path, database: str) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgresql", "sqlite-core"])
+def test_the_writer_writes_what_optuna_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database: str) -> None:
     """`Archive.add` writes trials with the driver's own SQL; Optuna's `create_new_trial` of the same
     trials leaves the same rows: read back by Optuna's own reader, the two studies' trials are equal
-    (datetimes, enums and values go through the same column types on both databases)."""
+    (datetimes, enums and values go through the same column types on both databases). `sqlite-core`:
+    the SQLAlchemy Core statements a driver with a 'numeric' paramstyle gets."""
     import uuid
 
     from conftest import postgres_or_skip
 
-    url = f"sqlite:///{tmp_path / 'evo.db'}" if database == "sqlite" else postgres_or_skip()
+    if database == "sqlite-core":
+        real = archive_mod._DriverSQL.__init__
+
+        def numeric(self: Any, rdb: Any) -> None:
+            real(self, rdb)
+            self._mark = None
+
+        monkeypatch.setattr(archive_mod._DriverSQL, "__init__", numeric)
+        monkeypatch.setattr(archive_mod, "_DRIVERS", {})
+    url = postgres_or_skip() if database == "postgresql" else f"sqlite:///{tmp_path / 'evo.db'}"
     tag = uuid.uuid4().hex[:8]  # a shared server keeps earlier runs' studies
     mine, other = f"ours-{tag}", f"theirs-{tag}"
     ours = Archive(url, mine, direction="minimize")
