@@ -11,6 +11,7 @@ quick targets). Repositories that are not plain SHA-1 with files-backend refs us
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import hashlib
@@ -294,8 +295,8 @@ class GitRepo:
     def write_tree(self, base: str, files: dict[str, str | bytes]) -> str:
         """A tree: base's tree (base a commit or a tree) with `files` written over it.
 
-        Objects are written by GitPython into the object database directly (no index, no
-        process per object): breeding a child costs no `git` process for its tree."""
+        Objects are written into the object database directly (`_store`: no index, no process per
+        object): breeding a child costs no `git` process for its tree."""
         with self._odb_lock:
             root = self._tree_id(base)
             data = {path: content.encode() if isinstance(content, str) else content for path, content in files.items()}
@@ -547,15 +548,9 @@ def _write_atomically(folder: Path, path: Path, data: bytes, prefix: str, mode: 
         os.chmod(tmp, mode)
         os.replace(tmp, path)  # the same bytes if another writer got there first
     except BaseException:
-        _remove(tmp)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
-
-
-def _remove(path: str | Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def export_tree(tar_bytes: bytes, dest: Path) -> None:

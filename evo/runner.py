@@ -534,7 +534,7 @@ def _kill_where(match: Callable[[list[bytes]], bool], limit: float = 10.0) -> in
             break
         quiet = 0
         while quiet < 5 and time.monotonic() < end:  # ~10 ms of quick probes with nothing new
-            if visit(_newest_pids(since=mark)):
+            if visit(_newest_pids(mark)):
                 found, quiet = True, 0
             else:
                 quiet += 1
@@ -570,21 +570,19 @@ def _last_pid() -> int | None:
         return None
 
 
-def _newest_pids(n: int = 64, since: int | None = None) -> list[int]:
+def _newest_pids(since: int | None, n: int = 64) -> list[int]:
     """The pids the kernel handed out after `since` (a `_last_pid()`), newest first, at most the last
     `n` ([] where ns_last_pid is unreadable). Probing only those, not always the last 64, cut the
     clean-up after a run from 12.6 to ~5 ms of CPU (at 32 slots it had been a quarter of evo's CPU)."""
     last = _last_pid()
+    if since is None or last is None:
+        return []
     try:
         with open("/proc/sys/kernel/pid_max", "rb") as f:
             top = int(f.read())
     except (OSError, ValueError):
         return []
-    if last is None:
-        return []
-    if since is not None:
-        n = min(n, (last - since) % top)
-    return [(last - i - 1) % top + 1 for i in range(n)]
+    return [(last - i - 1) % top + 1 for i in range(min(n, (last - since) % top))]
 
 
 def _environ_matches(pid: int, match: Callable[[list[bytes]], bool]) -> bool:
