@@ -378,25 +378,51 @@ def test_cpus_per_trial_is_what_a_run_reserves(cluster: str, make_repo, tmp_path
 
 def test_the_watchdog_guards_from_the_moment_it_is_made(tmp_path: Path) -> None:
     """What a worker killed just after starting a task leaves: Ray SIGKILLs the worker's direct children
-    (the watchdog's first process among them) at once, and the pipe reads EOF without "done". A run
-    started right after the watchdog, in a session of its own, must still be killed and the task's
-    folder removed; before the watchdog waited to be ready, its interpreter could die before it had
-    forked the process that guards (a Ray kill test failed that way once)."""
+    (the watchdog's first process among them) at once, and the pipe reads EOF. A run started right after
+    the task was guarded, in a session of its own, must still be killed and the task's folder removed;
+    before the watchdog waited to be ready, its interpreter could die before it had forked the process
+    that guards (a Ray kill test failed that way once). A task that ended and said so is left alone."""
     from evo.executors.ray import MARKER_ENV, _Watchdog
 
-    folder = tmp_path / "task"
+    ended, folder = tmp_path / "ended", tmp_path / "task"
+    ended.mkdir()
     folder.mkdir()
-    guard = _Watchdog("m-test-1", folder)
-    assert guard._proc is not None
+    dog = _Watchdog()
+    assert dog._proc is not None and dog.alive()
+    assert dog.guard("m-test-0", ended)
+    dog.release("m-test-0")  # an earlier task of the same worker, ended cleanly
+    keep = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, MARKER_ENV: "m-test-0"},
+                            start_new_session=True)
+    assert dog.guard("m-test-1", folder)
     run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, MARKER_ENV: "m-test-1"},
                            start_new_session=True)
     try:
-        os.kill(guard._proc.pid, signal.SIGKILL)  # what Ray does to a dead worker's children
-        guard._proc.wait()
-        os.close(guard._w)  # the worker dies: EOF, no "done"
+        os.kill(dog._proc.pid, signal.SIGKILL)  # what Ray does to a dead worker's children
+        dog._proc.wait()
+        os.close(dog._w)  # the worker dies: EOF
         wait_for(lambda: run.poll() is not None, timeout=20)
         wait_for(lambda: not folder.exists(), timeout=20)
+        time.sleep(1.5)  # the watchdog scans for a second
+        assert keep.poll() is None and ended.exists()  # not the ended task's
     finally:
-        if run.poll() is None:
-            run.kill()
-        run.wait()
+        for p in (run, keep):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def test_one_watchdog_serves_a_workers_tasks_and_a_dead_one_is_replaced(tmp_path: Path) -> None:
+    """Tasks of one worker share its watchdog (an interpreter a task was a third of a core at 64 slots);
+    if it dies, the next task starts a new one before its run."""
+    import evo.executors.ray as rx
+
+    rx._watchdog = None
+    first = rx._guard("m-a", tmp_path)
+    assert first is not None and rx._guard("m-b", tmp_path) is first
+    pid = first._proc.pid
+    os.killpg(os.getpgid(pid), signal.SIGKILL)  # its own session: the grandchild that guards goes too
+    first._proc.wait()
+    second = rx._guard("m-c", tmp_path)
+    assert second is not None and second is not first and second._proc.pid != pid and second.alive()
+    second.close()
+    rx._watchdog = None

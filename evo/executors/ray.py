@@ -15,11 +15,12 @@ Stopping a run: cancel_all() first asks each task to stop (a plain ray.cancel ra
 KeyboardInterrupt in the task, which sets the runner's cancel event: the runner kills the run's
 process group and returns "interrupted" with its log), then force-cancels what has not ended
 after a grace period. A force-cancelled or crashed worker cannot clean up, and the runner puts
-the run in its own session, so killing the worker would orphan it: every task therefore starts
-a tiny watchdog process (in its own session) holding the read end of a pipe whose write end
-only the worker holds. When the worker goes, however it goes, the pipe reads EOF and the
-watchdog SIGKILLs every process carrying this task's EVO_RAY_RUN marker (and their process
-groups), then deletes the task's temporary folder.
+the run in its own session, so killing the worker would orphan it: each worker process therefore
+keeps a tiny watchdog process (in its own session, started with its first task) holding the read
+end of a pipe whose write end only the worker holds, told of each task as it starts and ends. When
+the worker goes, however it goes, the pipe reads EOF and the watchdog SIGKILLs every process
+carrying the EVO_RAY_RUN marker of a task that had not ended (and their process groups), then
+deletes those tasks' temporary folders.
 
 A worker or node lost mid-run (WorkerCrashedError, NodeDiedError, OOM kill, ...) is retried
 up to executor.retries times; after that the job ends as a "crashed" run whose reason starts
@@ -61,23 +62,24 @@ PUSH_INTERVAL = 0.5  # seconds between log pushes from a task
 PUSH_MAX = 1 << 20  # bytes per push
 INTERRUPTED = "stopped by evo (interrupt or shutdown)"
 
-# Runs in its own session with `python -I -S`: waits for EOF on the pipe (the worker ended the
-# task or died), then kills every process whose environment carries the marker and removes
-# the task's folder. It forks first and does the work in the grandchild: when a worker dies,
-# Ray's raylet SIGKILLs the worker's direct children (RAY_kill_child_processes_on_worker_exit),
-# which would take a direct-child watchdog with it. The direct child only waits for the
-# grandchild, so in the normal case both are reaped and nothing is left as a zombie.
-# The grandchild says "ready" on stdout once it exists, and the worker starts no run before
-# that: a worker killed while the watchdog's interpreter was still starting would take the
-# watchdog with it and leave the run's own-session children (found once in about 70 kills).
-# A worker that ends the task writes "done" before closing the pipe; EOF without it means the
-# worker died, perhaps while starting a run whose process has not exec'd yet (its environment
-# does not show the marker until then), so the scan goes on for a second instead of stopping
-# at the first pass that finds nothing.
+# One watchdog per Ray worker process, started with the worker's first task and kept for its life
+# (an interpreter a task cost ~50 ms of CPU: at 64 slots of 5 s runs, a third of a core). It runs in
+# its own session with `python -I -S` and reads lines from a pipe whose write end only the worker
+# holds: "+ MARKER FOLDER" before a task starts its run, "- MARKER" once the task has cleaned up
+# after it. EOF means the worker is gone, however it went: every process whose environment carries a
+# marker still open is killed (and its process group), and those tasks' folders are removed.
+# It forks first and guards from the grandchild: when a worker dies, Ray's raylet SIGKILLs the
+# worker's direct children (RAY_kill_child_processes_on_worker_exit), which would take a
+# direct-child watchdog with it. The direct child only waits for the grandchild, so nothing is left
+# as a zombie. The grandchild says "ready" on stdout once it exists, and the worker starts no run
+# before that: a worker killed while the watchdog's interpreter was still starting would take the
+# watchdog with it and leave the run's own-session children (found once in about 70 kills). A run
+# whose process has not exec'd yet does not show the marker in its environment, so the scan goes
+# on for a second instead of stopping at the first pass that finds nothing. A task's "+" line is in
+# the pipe before its run starts, and a pipe's data outlives its writer, so no run escapes.
 _WATCHDOG = r"""
-import os, shutil, signal, sys, time
-label, marker, fd, folder, name = sys.argv[1:6]
-fd = int(fd)
+import os, signal, sys, time
+fd, name = int(sys.argv[2]), sys.argv[3]
 child = os.fork()
 if child:  # the worker's direct child: only waits (and is what Ray kills with a dead worker)
     os.close(1)
@@ -90,57 +92,60 @@ try:
     os.close(1)
 except OSError:
     pass
-said = b""
+live, buf = {}, b""
 try:
     while True:
-        got = os.read(fd, 4096)
+        got = os.read(fd, 65536)
         if not got:
             break
-        said += got
+        *lines, buf = (buf + got).split(b"\n")
+        for line in lines:
+            op, marker, folder = (line.split(b" ") + [b"", b""])[:3]
+            if op == b"+":
+                live[marker] = folder
+            elif op == b"-":
+                live.pop(marker, None)
 except OSError:
     pass
-died = b"done" not in said
-needle = ("%s=%s" % (name, marker)).encode()
-me = os.getpid()
-for _ in range(20 if died else 10):
-    found = False
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open("/proc/%s/environ" % entry, "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        if needle in env:
-            found = True
-            pid = int(entry)
+if live:
+    needles = {name.encode() + b"=" + m for m in live}
+    me = os.getpid()
+    for _ in range(20):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == me:
+                continue
             try:
-                if os.getpgid(pid) == pid:
-                    os.killpg(pid, signal.SIGKILL)
+                with open("/proc/%s/environ" % entry, "rb") as f:
+                    env = f.read().split(b"\0")
             except OSError:
-                pass
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-    if not found and not died:
-        break
-    time.sleep(0.05)
-shutil.rmtree(folder, ignore_errors=True)
+                continue
+            if needles.intersection(env):
+                pid = int(entry)
+                try:
+                    if os.getpgid(pid) == pid:
+                        os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        time.sleep(0.05)
+    import shutil
+    for folder in live.values():
+        shutil.rmtree(bytes.fromhex(folder.decode()), ignore_errors=True)
 """
-READY_TIMEOUT = 10.0  # seconds a task waits for its watchdog to say it is ready (then runs unguarded, as before)
+READY_TIMEOUT = 10.0  # seconds a task waits for a new watchdog to say it is ready (then runs unguarded, as before)
 
 
 class _Watchdog:
-    """The worker-side guard: cleans up after the task even if the worker is SIGKILLed."""
+    """The worker-side guard: cleans up after the worker's tasks even if the worker is SIGKILLed."""
 
-    def __init__(self, marker: str, folder: Path) -> None:
+    def __init__(self) -> None:
         r, self._w = os.pipe()  # both ends close-on-exec: only the watchdog gets the read end
         try:
             self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", "import sys; exec(sys.stdin.read())", "evo-ray-watchdog",
-                 marker, str(r), str(folder), MARKER_ENV],
+                [sys.executable, "-I", "-S", "-c", "import sys; exec(sys.stdin.read())", "evo-ray-watchdog", str(r), MARKER_ENV],
                 pass_fds=(r,), start_new_session=True, env={}, stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             )
@@ -154,12 +159,26 @@ class _Watchdog:
         finally:
             os.close(r)
 
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None and self._w >= 0
+
+    def guard(self, marker: str, folder: Path) -> bool:
+        """Watch the processes that will carry `marker` and the task's `folder`; False: the watchdog is gone."""
+        return self._say(f"+ {marker} {os.fsencode(folder).hex()}\n")
+
+    def release(self, marker: str) -> None:
+        """The task has cleaned up after itself: nothing of it is left to kill."""
+        self._say(f"- {marker}\n")
+
+    def _say(self, line: str) -> bool:
+        try:
+            os.write(self._w, line.encode())  # one short write: atomic on a pipe
+            return True
+        except OSError:
+            return False
+
     def close(self) -> None:
         if self._w >= 0:
-            try:
-                os.write(self._w, b"done")  # an ended task, not a dead worker: one scan is enough
-            except OSError:  # pragma: no cover - the watchdog is gone
-                pass
             os.close(self._w)
             self._w = -1
         if self._proc is not None:
@@ -170,6 +189,27 @@ class _Watchdog:
             self._proc = None
 
 
+_watchdog: _Watchdog | None = None  # this worker process's, once it has run a task
+_watchdog_lock = threading.Lock()
+
+
+def _guard(marker: str, folder: Path) -> _Watchdog | None:
+    """This worker's watchdog, now guarding `marker` and `folder` (started, or restarted if it died);
+    None when none can be started (the run is then guarded by the runner's own cleanup alone)."""
+    global _watchdog
+    with _watchdog_lock:
+        for _ in range(2):
+            if _watchdog is None or not _watchdog.alive():
+                if _watchdog is not None:
+                    _watchdog.close()
+                _watchdog = _Watchdog()
+            if _watchdog.alive() and _watchdog.guard(marker, folder):
+                return _watchdog
+            _watchdog.close()
+            _watchdog = None
+    return None
+
+
 def _evaluate(template: RunTemplate, job: Job, tar: bytes, key: str, channel: Any) -> dict[str, Any]:
     """The Ray task: unpack, run, parse; returns the result, the log bytes and the monitor trace."""
     from evo.executors.local import run_job  # the same run as a local slot
@@ -178,7 +218,7 @@ def _evaluate(template: RunTemplate, job: Job, tar: bytes, key: str, channel: An
     marker = uuid.uuid4().hex
     folder = Path(tempfile.mkdtemp(prefix=f"evo-ray-{job.index}-{job.seed}-"))
     workdir, log_path = folder / "tree", folder / "run.log"
-    guard = _Watchdog(marker, folder)
+    dog = _guard(marker, folder)
     cancel = threading.Event()
     box: dict[str, Any] = {}
     pushed = 0
@@ -227,8 +267,9 @@ def _evaluate(template: RunTemplate, job: Job, tar: bytes, key: str, channel: An
             "pid": os.getpid(),
         }
     finally:
-        guard.close()
         shutil.rmtree(folder, ignore_errors=True)
+        if dog is not None:
+            dog.release(marker)
 
 
 def _push(channel: Any, key: str, log_path: Path, offset: int) -> int:
