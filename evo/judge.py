@@ -20,7 +20,7 @@ import numpy as np
 
 from evo import sprt
 from evo.config import SprtConfig
-from evo.individual import COMPLETE, Direction, Individual
+from evo.individual import COMPLETE, Direction, Individual, Run
 
 # 1.25 seed sigmas: the wanted gain when the config does not name one (docs/statistics.md)
 DELTA_SIGMAS = 1.25
@@ -214,17 +214,14 @@ class Judge:
         return self.noise
 
     def monitor(self, parent: Individual) -> Monitor | PrunerMonitor | None:
-        """A futility test against the parent's screening curve (same seed), when one is possible."""
+        """A futility test against the parent's curve: its screening run (same seed), or the mean of
+        its runs when it has several and that is the tighter reference; None when there is none."""
         if not (self.cfg.enabled and self.cfg.futility and self.noise is not None and self.noise.checkpoints):
             return None
-        run = parent.runs.get(self.screen_seed)
-        if run is None or run.outcome != COMPLETE or not run.progress:
-            return None
-        # read exactly as the noise model and the live test read curves (sprt.values_at)
-        ref = sprt.values_at([(f, self.direction.loss(v)) for f, v in run.progress], self.noise.checkpoints)
-        if not np.all(np.isfinite(ref)):
-            return None
+        ref = self._curve(parent.runs.get(self.screen_seed))
         if self.cfg.pruner != "sprt":
+            if ref is None:
+                return None
             for curve in self._complete[len(self._curves):]:
                 self._curves.append([float(x) for x in sprt.values_at(curve, self.noise.checkpoints)])
             refs = list(self._curves) if self.cfg.pruner == "median" else [[float(x) for x in ref]]
@@ -234,11 +231,36 @@ class Judge:
         # under correlated checkpoints neither test protects the other's shape (measured: 16-25% of
         # delta-better runs of the other shape stopped at a nominal 10%), so a run stops only when both say so;
         # seed_corr: how much of the seed's effect a change is assumed to keep (0 assumes none: safe)
+        rho = max(self.cfg.seed_corr, self.seed_corr())
+        curves = [c for c in (self._curve(r) for r in parent.runs.values()) if c is not None]
+        runs: int | None = None
+        if len(curves) >= 2 and not self.noise.paired:
+            # The mean of the parent's runs is the tighter reference while the seed's share is
+            # unmeasured: pairing one run on the same seed with seed_corr 0 doubles the variance
+            # (2 cov), a mean of m runs adds 1/m (cov (1 + 1/m)); the run that shares the child's
+            # seed is among them, which only lowers the true variance. The mean is also less lucky
+            # than the one screening run that made the parent a parent: a child truly better than
+            # the parent looked worse than that run and was stopped more often than alpha.
+            last = len(self.noise.checkpoints) - 1
+            mean_var = self.noise.diff_cov(paired=False, runs=len(curves))[last, last]
+            pair_var = self.noise.diff_cov(paired=True, seed_corr=rho)[last, last] if ref is not None else math.inf
+            if mean_var < pair_var:
+                ref, runs = np.mean(curves, axis=0), len(curves)
+        if ref is None:
+            return None
         cps = np.asarray(self.noise.checkpoints, dtype=float)
         tests = tuple(sprt.FutilityTest(self.noise, reference=[float(x) for x in ref], delta=None, alpha=self.cfg.futility_alpha,
-                                        paired=True, seed_corr=max(self.cfg.seed_corr, self.seed_corr()), shape=shape)
+                                        paired=runs is None, seed_corr=rho, shape=shape, reference_runs=runs)
                       for shape in (None, cps / cps[-1]))
         return Monitor(tests, self.direction)
+
+    def _curve(self, run: Run | None) -> np.ndarray | None:
+        """A complete run's loss curve at the noise model's checkpoints, read exactly as the noise
+        model and the live test read curves (sprt.values_at); None if it has none there."""
+        if run is None or run.outcome != COMPLETE or not run.progress or self.noise is None:
+            return None
+        curve = sprt.values_at([(f, self.direction.loss(v)) for f, v in run.progress], self.noise.checkpoints)
+        return curve if np.all(np.isfinite(curve)) else None
 
     def note_tests(self, tests: list[tuple[Individual, Individual]]) -> None:
         """Every promotion test of the study so far (after each run and on resume, so a resumed study

@@ -171,11 +171,11 @@ class NoiseModel:
             return self.sigma_final
         return math.sqrt(2.0 * (1.0 - self.seed_share)) * self.sigma_final
 
-    def diff_cov(self, paired: bool = False, seed_corr: float = 1.0) -> np.ndarray:
+    def diff_cov(self, paired: bool = False, seed_corr: float = 1.0, runs: int | None = None) -> np.ndarray:
         """Covariance of d(k) = candidate(k) - reference(k) under "no difference".
 
-        paired=False: reference is the mean of the n replicate curves, the candidate an
-            independent run: cov * (1 + 1/n).
+        paired=False: reference is the mean of `runs` curves (default: the n replicate curves),
+            the candidate an independent run: cov * (1 + 1/runs).
         paired=True: reference is ONE run of the reference with the candidate's seed; the
             seed offset is shared with correlation ``seed_corr`` (1: cancels entirely):
             2 * resid + 2 * (1 - seed_corr) * offset. For a model fitted on difference
@@ -188,7 +188,7 @@ class NoiseModel:
                 raise ValueError("a noise model of paired differences only serves paired tests")
             return c
         if not paired:
-            return c * (1.0 + 1.0 / self.n)
+            return c * (1.0 + 1.0 / (runs or self.n))
         if not 0.0 <= seed_corr <= 1.0:
             raise ValueError(f"seed_corr must be in [0, 1], got {seed_corr}")
         sd = np.sqrt(np.diag(c))
@@ -481,7 +481,8 @@ class FutilityTest:
 
     reference / paired:
       reference=None            -> the noise model's mean curve (n runs): Sigma_d = cov (1 + 1/n).
-      reference given, paired=False -> assumed to be a mean of noise.n runs (same Sigma_d).
+      reference given, paired=False -> a mean of ``reference_runs`` runs (default noise.n):
+        Sigma_d = cov (1 + 1/reference_runs).
       paired=True (reference required) -> the reference's run with the SAME seed: the seed
         offset cancels with correlation ``seed_corr``: Sigma_d = 2 resid + 2 (1-seed_corr) offset,
         or, for a model fitted on difference curves (``noise.paired``), its measured cov.
@@ -511,6 +512,7 @@ class FutilityTest:
         calibrated: bool = True,
         tol: float = 0.05,
         nugget: float = 0.05,
+        reference_runs: int | None = None,
     ) -> None:
         k = len(noise.checkpoints)
         self.checkpoints = np.asarray(noise.checkpoints, dtype=float)
@@ -533,7 +535,7 @@ class FutilityTest:
         if not self.df > 0:
             raise ValueError(f"df must be > 0, got {self.df}")
         self.calibrated = bool(calibrated)
-        sigma_d = noise.diff_cov(paired=self.paired, seed_corr=seed_corr)
+        sigma_d = noise.diff_cov(paired=self.paired, seed_corr=seed_corr, runs=reference_runs)
         # A nugget on the diagonal: replicate curves that move in lockstep make the covariance
         # nearly singular, and a candidate whose curve merely has another SHAPE then looks
         # wildly unlikely (seen: a child 0.93 better pruned at llr -34.7 as "clearly worse").

@@ -167,6 +167,50 @@ def test_the_futility_test_assumes_the_seed_correlation_the_study_has_measured()
         assert expect_low <= judge.seed_corr() <= expect_high, (keep, judge.seed_corr())
 
 
+def test_the_futility_test_reads_a_parent_with_several_runs_by_their_mean() -> None:
+    """Before the seed's share is measured, pairing a child with its parent's one run on the same seed
+    doubles the variance; a parent with several runs (the baseline, a tested mainline) is read by their
+    mean curve instead. A child truly better by the test's delta is then still stopped at most about
+    alpha of the time (constant and growing gains), and a clearly worse one is stopped early."""
+    import numpy as np
+
+    from evo.judge import Monitor
+
+    rng = random.Random(5)
+    judge = Judge(SprtConfig(), Direction.MINIMIZE, seed=0)
+
+    def curve(end: float, offset: float, gain: float = 0.0, grows: bool = False) -> list[tuple[float, float]]:
+        return [(f / 10, end + offset + 3.0 * (1 - f / 10) - gain * ((f / 10) if grows else 1.0) + 0.05 * rng.gauss(0, 1))
+                for f in range(1, 11)]
+
+    base = Individual(index=0, commit="b", tree="b")
+    for k, s in enumerate(judge.replicate_seeds):
+        points = curve(10.0, 0.3 * rng.gauss(0, 1))
+        base.runs[s] = Run(seed=s, trial=k, value=points[-1][1], outcome="complete", progress=points)
+        judge.observe(base, s)
+    noise = judge.fit(base)
+    assert noise is not None and len(noise.checkpoints) >= 5 and judge.seed_corr() == 0.0
+    mon = judge.monitor(base)
+    assert isinstance(mon, Monitor) and not mon.tests[0].paired
+    means = np.mean([[v for _, v in r.progress] for r in base.runs.values()], axis=0)
+    assert np.allclose(mon.tests[0].reference, [means[round(c * 10) - 1] for c in noise.checkpoints], atol=1e-6)
+    single = Individual(index=1, commit="p", tree="p", runs={0: base.runs[0]})
+    one = judge.monitor(single)
+    assert isinstance(one, Monitor) and one.tests[0].paired  # one run: paired on its seed, as before
+
+    delta = mon.tests[0].delta
+    for grows in (False, True):
+        stopped = 0
+        for _ in range(300):
+            m = judge.monitor(base)
+            assert m is not None
+            stopped += any(m(f, v) for f, v in curve(10.0, 0.3 * rng.gauss(0, 1), gain=delta, grows=grows))
+        assert stopped / 300 <= judge.cfg.futility_alpha + 0.055, (grows, stopped)  # alpha + 3 standard errors
+    worse = judge.monitor(base)
+    assert worse is not None
+    assert next(f for f, v in curve(10.0, 0.0, gain=-4 * delta) if worse(f, v)) < 1.0
+
+
 @pytest.mark.parametrize("pruner", ["median", "wilcoxon"])
 def test_optunas_pruners_stop_a_clearly_worse_run_and_let_a_better_one_finish(pruner: str) -> None:
     """`[sprt] pruner`: Optuna's own MedianPruner / WilcoxonPruner read the run at the noise model's
