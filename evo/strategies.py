@@ -255,12 +255,13 @@ class HeadTracker:
         self.line: set[int] = set()
         self.open: set[int] = set()  # members whose screening run or promotion decision may still change
         self.best = -1
+        self.best_runs = 0  # the head's runs when it was chosen: one more (it was run again) changes its mean
 
     def head(self, pop: dict[int, Individual], incumbent: Individual) -> Individual:
         reset, new = self.family.update(pop)
         if reset:
             self.inc, self.line, self.open, self.best = -1, set(), set(), -1
-        if incumbent.index != self.inc:
+        if incumbent.index != self.inc or (self.best in pop and len(pop[self.best].runs) != self.best_runs):
             self._walk(pop, incumbent)
         else:
             for i in new:
@@ -271,6 +272,7 @@ class HeadTracker:
                 self._walk(pop, incumbent)
         for i in sorted(self.open):
             self._consider(pop[i], pop)
+        self.best_runs = len(pop[self.best].runs)
         return pop[self.best]
 
     def _walk(self, pop: dict[int, Individual], incumbent: Individual) -> None:
@@ -285,9 +287,12 @@ class HeadTracker:
             todo.extend(self.family.children.get(i, ()))
 
     def _consider(self, ind: Individual, pop: dict[int, Individual]) -> None:
+        # by the mean over its seeds: a head run again because its children kept losing to its one run
+        # (Study._stuck_head) is judged by both (the mean of one run is its screening value)
         best = pop[self.best]
-        if ind.status == Status.EVALUATED and ind.value is not None and (
-                best.value is None or self.direction.better(ind.value, best.value) or (ind.value == best.value and ind.index < best.index)):
+        mine, theirs = ind.mean(), best.mean()
+        if ind.status == Status.EVALUATED and ind.value is not None and mine is not None and (
+                theirs is None or self.direction.better(mine, theirs) or (mine == theirs and ind.index < best.index)):
             self.best = ind.index
         if ind.finished and (ind.status != Status.EVALUATED or ind.decision not in (Decision.NONE, Decision.TESTING)):
             self.open.discard(ind.index)  # nothing about it can change any more (but a rejection: see `head`)

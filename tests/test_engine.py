@@ -377,3 +377,44 @@ def test_repository_states_that_would_break_runs_are_refused_or_warned(make_repo
     cfg = make_cfg(tmp_path, lfs, target={"mutable": ["big.py"]}, search={"strategy": "greedy", "generations": 1}, sprt={"enabled": False})
     with pytest.raises(ConfigError, match="big.py is a Git LFS pointer"):
         search(cfg, toy())
+
+
+def test_a_head_whose_children_keep_losing_to_its_one_run_is_run_again(make_repo, tmp_path: Path) -> None:
+    """A single screening run can be lucky; a head bred from again and again then stops being displaced
+    (its children look worse than its luck). After max(3, workers) children that did not beat it, the head
+    runs once more on the first confirmation seed, and the line's head is then chosen by the mean over seeds."""
+    from evo.individual import Decision, Individual, Run
+
+    repo = make_repo()
+    cfg = make_cfg(tmp_path, repo, search={"strategy": "greedy", "generations": 50}, sprt={"enabled": True, "replicates": 3})
+    study = Study(cfg, *build_operators(cfg), log=lambda s: None)
+    study.load()
+    base = study.pop[0]
+    for k, s in enumerate(study.judge.replicate_seeds):  # maximised; noisy replicates
+        base.runs[s] = Run(seed=s, trial=k, value=1.0 + 0.1 * k, outcome="complete")
+        study.judge.observe(base, s)
+    assert study.judge.fit(base) is not None and not study.judge.noiseless
+    base.status = Status.EVALUATED
+    screen, again = study.judge.screen_seed, study.judge.confirm_seeds[0]
+
+    def add(idx: int, parent: int, value: float) -> Individual:
+        ind = study.pop[idx] = Individual(index=idx, commit=f"c{idx}", tree=f"t{idx}", parent_indices=(parent,),
+                                          status=Status.EVALUATED, decision=Decision.UNTESTED, screen_seed=screen)
+        ind.runs[screen] = Run(seed=screen, trial=idx, value=value, outcome="complete")
+        return ind
+
+    head = add(1, 0, 5.0)  # a lucky run
+    for i in range(2, 4):
+        add(i, 1, 2.0)
+    study.next_index = 4
+    study.index.build(study.pop)
+    assert study._stuck_head(base) is None  # two losing children: not yet
+    add(4, 1, 2.5)
+    study.next_index = 5
+    study.index.build(study.pop)
+    job = study.next_job()
+    assert job is not None and job.index == 1 and job.seed == again and job.role == Role.CONFIRM.value
+    assert study._stuck_head(base) is None  # in flight: not twice
+    head.runs[again] = Run(seed=again, trial=5, value=-1.0, outcome="complete")  # its mean, 2.0, is below child #4's run
+    study.inflight.discard((1, again))
+    assert study.strategy.heads.head(study.pop, base).index == 4
