@@ -218,7 +218,8 @@ class Judge:
         its runs when it has several and that is the tighter reference; None when there is none."""
         if not (self.cfg.enabled and self.cfg.futility and self.noise is not None and self.noise.checkpoints):
             return None
-        ref = self._curve(parent.runs.get(self.screen_seed))
+        curves = {seed: c for seed, run in parent.runs.items() if (c := self._curve(run)) is not None}
+        ref = curves.get(self.screen_seed)
         if self.cfg.pruner != "sprt":
             if ref is None:
                 return None
@@ -232,7 +233,6 @@ class Judge:
         # delta-better runs of the other shape stopped at a nominal 10%), so a run stops only when both say so;
         # seed_corr: how much of the seed's effect a change is assumed to keep (0 assumes none: safe)
         rho = max(self.cfg.seed_corr, self.seed_corr())
-        curves = [c for c in (self._curve(r) for r in parent.runs.values()) if c is not None]
         runs: int | None = None
         if len(curves) >= 2 and not self.noise.paired:
             # The mean of the parent's runs is the tighter reference while the seed's share is
@@ -245,7 +245,7 @@ class Judge:
             mean_var = self.noise.diff_cov(paired=False, runs=len(curves))[last, last]
             pair_var = self.noise.diff_cov(paired=True, seed_corr=rho)[last, last] if ref is not None else math.inf
             if mean_var < pair_var:
-                ref, runs = np.mean(curves, axis=0), len(curves)
+                ref, runs = np.mean(list(curves.values()), axis=0), len(curves)
         if ref is None:
             return None
         cps = np.asarray(self.noise.checkpoints, dtype=float)
