@@ -275,6 +275,35 @@ def test_cancel_all_kills_the_run_and_its_children(cluster: str, make_repo, tmp_
     assert ray.is_initialized()  # it did not own the shared instance
 
 
+def test_a_worker_told_to_exit_leaves_no_run_behind(cluster: str, make_repo, tmp_path: Path) -> None:
+    """A Ray worker whose driver died is sent SIGTERM, which Ray turns into SystemExit inside the task:
+    the task's clean-up code runs while its run (and what the run started in a session of its own)
+    still goes on. The run must not be declared over to the watchdog then; it is killed when the
+    worker exits (a kill -9 test through Ray once left such a run's child alive for a minute)."""
+    pidfile = tmp_path / "pids"
+    own_session = SLOW.replace('"import time; time.sleep(120)"])', '"import time; time.sleep(120)"], start_new_session=True)')
+    assert own_session != SLOW
+    repo = make_repo(files={"target.py": own_session.format(find=FIND_WORKER, pidfile=str(pidfile))})
+    ex = executor(repo, retries=0)
+    try:
+        ex.submit(job(repo, tmp_path))
+        worker, run, child = wait_for(lambda: pids_of(pidfile), timeout=60)[0]
+        assert worker > 0, "no ray worker among the run's ancestors"
+        os.kill(worker, signal.SIGTERM)  # the polite request; Ray's SIGKILL follows if the worker is slow to go
+        time.sleep(0.05)
+        if alive(worker):
+            os.kill(worker, signal.SIGKILL)
+        for pid in (run, child):
+            wait_for(lambda: not alive(pid), timeout=30)
+        drain(ex)
+    finally:
+        ex.shutdown()
+        for line in pids_of(pidfile):
+            for pid in line[1:]:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
 def test_a_killed_worker_without_retries_is_a_crashed_run(cluster: str, make_repo, tmp_path: Path) -> None:
     pidfile = tmp_path / "pids"
     repo = make_repo(files={"target.py": SLOW.format(find=FIND_WORKER, pidfile=str(pidfile))})

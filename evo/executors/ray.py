@@ -222,6 +222,23 @@ def _evaluate(template: RunTemplate, job: Job, tar: bytes, key: str, channel: An
     cancel = threading.Event()
     box: dict[str, Any] = {}
     pushed = 0
+    # Whoever is last of the task and its run thread removes the folder and releases the marker.
+    # The task can leave while its run goes on: Ray turns the SIGTERM it sends a worker whose
+    # driver died into SystemExit here. Released then, the marker would tell the watchdog the run
+    # was over, and a SIGKILL following the SIGTERM would leave the run (and what it started in
+    # sessions of its own) alive; left open, the watchdog kills them when the worker goes.
+    left = {"task": False, "run": True}  # "run": whether the run thread is over (True until one starts)
+    left_lock = threading.Lock()
+
+    def last_out(who: str) -> None:
+        with left_lock:
+            left[who] = True
+            if not all(left.values()):
+                return
+        shutil.rmtree(folder, ignore_errors=True)
+        if dog is not None:
+            dog.release(marker)
+
     try:
         try:
             workdir.mkdir()
@@ -244,7 +261,10 @@ def _evaluate(template: RunTemplate, job: Job, tar: bytes, key: str, channel: An
                     box["result"] = run_job(local_template, local_job, workdir, extra, cancel)
                 except BaseException as e:  # noqa: BLE001 - reported, never raised on the worker
                     box["result"] = RunResult("crashed", reason=f"evo failed on the ray worker: {e!r}")
+                finally:
+                    last_out("run")
 
+            left["run"] = False
             threading.Thread(target=work, name="evo-ray-run", daemon=True).start()
             # Poll with sleep, not Thread.join: a KeyboardInterrupt landing inside join() can leave
             # the thread looking finished while it still runs (CPython < 3.13).
@@ -267,9 +287,8 @@ def _evaluate(template: RunTemplate, job: Job, tar: bytes, key: str, channel: An
             "pid": os.getpid(),
         }
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        if dog is not None:
-            dog.release(marker)
+        cancel.set()  # no-op once the run is over; else (the task leaving by an exception) stop it
+        last_out("task")
 
 
 def _push(channel: Any, key: str, log_path: Path, offset: int) -> int:
