@@ -78,6 +78,7 @@ class Role(StrEnum):
     REPLICATE = "replicate"  # further baseline runs that measure the noise
     CANDIDATE = "candidate"  # a child's screening run
     CONFIRM = "confirm"  # a promotion test's run on a further seed
+    RERUN = "rerun"  # a line's head run once more (its children kept losing to its one run), on a seed no test uses
 
 
 # Run outcomes (trial attr `outcome`); the runner's outcomes plus what the engine adds.

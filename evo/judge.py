@@ -148,6 +148,12 @@ class Judge:
         return self.seeds[1: self.cfg.max_pairs + 1]
 
     @property
+    def rerun_seed(self) -> int:
+        """The seed of a head's second run: past every replicate and confirmation seed, because that run
+        helps choose the head (by its mean), and a run that selected a candidate is no evidence in its test."""
+        return self.seeds[-1] + 1
+
+    @property
     def single_run_rule(self) -> str:
         return "single run (statistics off)" if not self.cfg.enabled else "single run (deterministic target)"
 

@@ -184,7 +184,7 @@ class Study:
                 return self._job(ind, ind.screen_seed, Role.CANDIDATE)
         stuck = self._stuck_head(incumbent)
         if stuck is not None:
-            return self._job(stuck, self.judge.confirm_seeds[0], Role.CONFIRM)
+            return self._job(stuck, self.judge.rerun_seed, Role.RERUN)
         while self.made < self.planned and not self.breeder.out_of_tokens():
             idx = self.next_index
             rng = random.Random(f"{self.cfg.study.seed}:{idx}")
@@ -201,7 +201,7 @@ class Study:
     def _stuck_head(self, incumbent: Individual) -> Individual | None:
         """The head the strategy breeds from, when its one screening run may be a lucky one: it has had
         `max(3, workers)` finished children that did not beat it, is not the mainline and was never
-        tested. It then runs once more, on the first confirmation seed: the head is chosen by the mean
+        tested. It then runs once more, on a seed of its own (`Judge.rerun_seed`): the head is chosen by the mean
         over its seeds and its children's futility reference becomes its mean curve, so children truly
         as good as it stop being stopped against its luck (on model/ one such head was the parent of 182
         of 327 children, 178 of them stopped early, and the search made no promotion after child 83)."""
@@ -209,8 +209,8 @@ class Study:
         if heads is None or not self.judge.cfg.enabled or self.judge.noise is None or self.judge.noiseless:
             return None
         head = heads.head(self.pop, incumbent)
-        seed = self.judge.confirm_seeds[0] if self.judge.confirm_seeds else None
-        if (seed is None or head.index in (0, incumbent.index) or len(head.runs) != 1 or head.status != Status.EVALUATED
+        seed = self.judge.rerun_seed
+        if (head.index in (0, incumbent.index) or len(head.runs) != 1 or head.status != Status.EVALUATED
                 or head.decision not in (Decision.NONE, Decision.UNTESTED) or (head.index, seed) in self.inflight):
             return None
         if Failures(heads.family, self.pop, self.judge.direction).get(head.index) < max(3, self.cfg.search.workers):

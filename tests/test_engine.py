@@ -382,7 +382,8 @@ def test_repository_states_that_would_break_runs_are_refused_or_warned(make_repo
 def test_a_head_whose_children_keep_losing_to_its_one_run_is_run_again(make_repo, tmp_path: Path) -> None:
     """A single screening run can be lucky; a head bred from again and again then stops being displaced
     (its children look worse than its luck). After max(3, workers) children that did not beat it, the head
-    runs once more on the first confirmation seed, and the line's head is then chosen by the mean over seeds."""
+    runs once more on a seed no promotion test uses (that run helps choose the head, so it cannot be evidence
+    in the head's test), and the line's head is then chosen by the mean over seeds."""
     from evo.individual import Decision, Individual, Run
 
     repo = make_repo()
@@ -395,7 +396,8 @@ def test_a_head_whose_children_keep_losing_to_its_one_run_is_run_again(make_repo
         study.judge.observe(base, s)
     assert study.judge.fit(base) is not None and not study.judge.noiseless
     base.status = Status.EVALUATED
-    screen, again = study.judge.screen_seed, study.judge.confirm_seeds[0]
+    screen, again = study.judge.screen_seed, study.judge.rerun_seed
+    assert again not in study.judge.confirm_seeds + study.judge.replicate_seeds
 
     def add(idx: int, parent: int, value: float) -> Individual:
         ind = study.pop[idx] = Individual(index=idx, commit=f"c{idx}", tree=f"t{idx}", parent_indices=(parent,),
@@ -413,7 +415,7 @@ def test_a_head_whose_children_keep_losing_to_its_one_run_is_run_again(make_repo
     study.next_index = 5
     study.index.build(study.pop)
     job = study.next_job()
-    assert job is not None and job.index == 1 and job.seed == again and job.role == Role.CONFIRM.value
+    assert job is not None and job.index == 1 and job.seed == again and job.role == Role.RERUN.value
     assert study._stuck_head(base) is None  # in flight: not twice
     head.runs[again] = Run(seed=again, trial=5, value=-1.0, outcome="complete")  # its mean, 2.0, is below child #4's run
     study.inflight.discard((1, again))

@@ -20,7 +20,7 @@ from evo.individual import Direction
 
 STORAGE_HELP = "Optuna storage URL or SQLite file (default: $EVO_STORAGE, else $EVO_RESULTS/evo.db, else ./results/evo.db)"
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
-ROLES = ("baseline", "replicate", "candidate", "confirm")
+ROLES = ("baseline", "replicate", "candidate", "confirm", "rerun")
 
 
 def _out(text: str = "") -> None:
