@@ -110,6 +110,15 @@ def pids_of(pidfile: Path) -> list[list[int]]:
     return [[int(x) for x in line.split()] for line in pidfile.read_text().splitlines() if line.strip()] if pidfile.exists() else []
 
 
+def shut_down(ex, pidfile: Path) -> None:
+    """Shut the executor down and kill whatever runs (and their children) a failed test left behind."""
+    ex.shutdown()
+    for line in pids_of(pidfile):
+        for pid in line[1:]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 # -- searches through the command line --------------------------------------------------------------
 
 def test_search_on_its_own_ray_instance_with_two_workers(make_repo, tmp_path: Path) -> None:
@@ -267,11 +276,7 @@ def test_cancel_all_kills_the_run_and_its_children(cluster: str, make_repo, tmp_
         for pid in pids_of(pidfile)[1]:  # the worker, the run and the run's child
             wait_for(lambda: not alive(pid), timeout=30)
     finally:
-        ex.shutdown()
-        for line in pids_of(pidfile):
-            for pid in line[1:]:
-                if alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+        shut_down(ex, pidfile)
     assert ray.is_initialized()  # it did not own the shared instance
 
 
@@ -297,11 +302,7 @@ def test_a_worker_told_to_exit_leaves_no_run_behind(cluster: str, make_repo, tmp
             wait_for(lambda: not alive(pid), timeout=30)
         drain(ex)
     finally:
-        ex.shutdown()
-        for line in pids_of(pidfile):
-            for pid in line[1:]:
-                if alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+        shut_down(ex, pidfile)
 
 
 def test_a_killed_worker_without_retries_is_a_crashed_run(cluster: str, make_repo, tmp_path: Path) -> None:
