@@ -31,6 +31,8 @@ from typing import Any
 from evo.bench.common import Scratch, Timer, bootstrap_ci, fmt, make_config, make_repo, run_search, study_trials
 from evo.bench.probe import Probe
 
+EXTRA_ROLES = ("confirm", "replicate", "rerun")  # the statistics' runs beyond each candidate's screening run
+
 RUN_PY = '''\
 import hashlib
 import os
@@ -174,7 +176,7 @@ def describe_search(trials: list[Any], summary: dict[str, Any], wall: float, wor
         "wall_s": round(wall, 2), "runs": len(ran), "screening_runs": len(screening), "candidates": summary["candidates"],
         "pruned": sum(1 for t in screening if t.user_attrs.get("outcome") == "pruned"),
         "crashed": sum(1 for t in screening if t.user_attrs.get("outcome") == "crashed"),
-        "confirm_runs": sum(1 for t in ran if t.user_attrs.get("role") in ("confirm", "replicate", "rerun")),
+        "confirm_runs": sum(1 for t in ran if t.user_attrs.get("role") in EXTRA_ROLES),
         "promotions": summary["promotions"], "run_seconds": round(run_s, 2), "timeline": timeline,
     }
 
@@ -206,7 +208,7 @@ def plot(res: dict[str, Any], out: Path) -> list[str]:
         r = first[steady]
         for w, a, b, outcome, role in r["timeline"]:
             ax.barh(w, b - a, left=a, color=colors.get(outcome, "tab:gray"), edgecolor="black", lw=0.3,
-                    hatch="//" if role in ("confirm", "replicate", "rerun") else None)
+                    hatch="//" if role in EXTRA_ROLES else None)
         ax.set_yticks(range(res["params"]["workers"]))
         ax.set_ylabel("slot")
         ax.set_title(f"steady_state = {str(steady).lower()}: utilisation {r['utilisation']:.2f}, wall {r['wall_s']:.1f} s "
