@@ -204,6 +204,7 @@ def evo_search(t: Target, task: dict[str, Any]) -> dict[str, Any]:
               and all(tree_of.get(int(i)) != x.user_attrs.get("tree") for i in x.user_attrs.get("parent_indices", []))]
     pure = [x for x in new_xo if x.user_attrs.get("operator") == "crossover"]
     fell_back = [x for x in cands if x.user_attrs.get("planned") == "crossover"]  # planned crossovers the breeder mutated instead
+    pairs = [tuple(sorted(int(i) for i in x.user_attrs.get("parent_indices", []))) for x in xo]
     rec = {
         "target": t.name, "strategy": strat, "seed": task["seed"], "workers": W, "sprt": sprt, "budget": B,
         "candidates": summary["candidates"], "screening_runs": len(screening) - 1, "total_runs": len(ran) - 1,
@@ -212,6 +213,7 @@ def evo_search(t: Target, task: dict[str, Any]) -> dict[str, Any]:
         "regret_confirmed": confirmed - t.optimum, "regret_best_seen": true_of.commit(best.user_attrs["commit"]) - t.optimum,
         "observed_best": best.value, "baseline_regret": true_of.commit(base_commit) - t.optimum, "trajectory": traj,
         "crossovers": len(xo), "new_crossovers": len(new_xo), "pure_new_crossovers": len(pure), "planned_crossovers": len(xo) + len(fell_back),
+        "repeated_merges": len(pairs) - len(set(pairs)),  # crossovers of a parent pair already merged before
         "at": at_budgets(traj, task.get("budgets", [B])),
     }
     rec["sprt_stats"] = sprt_stats(t, trials, attrs, true_of)
