@@ -314,6 +314,13 @@ def test_statistics_bench_runs_the_product_path(tmp_path: Path) -> None:
     assert all(r["commits"] >= r["no_gain_commits"] >= 0 for r in res["records"])
     fixed = [r for r in res["records"] if r["rule"] == "fixed-seed"]
     assert all(r["runs_per_candidate"] <= 1.05 for r in fixed)  # one run each (the baseline's aside)
+    fa = rules["evo"]["false_acceptance"]
+    assert fa["tests"] == sum(r["null_tests"] for r in evo) and fa["accepted"] == sum(r["null_accepts"] for r in evo)
+    assert [sum(v[i] for v in fa["by_run_sd"].values()) for i in (0, 1)] == [fa["accepted"], fa["tests"]]
+    # the exact binomial interval: no success in 64 tests still allows up to 1 - 0.025 ** (1 / 64)
+    assert stats.clopper_pearson(0, 64) == [0.0, pytest.approx(1 - 0.025 ** (1 / 64))]
+    lo, hi = stats.clopper_pearson(14, 268)
+    assert 0.028 < lo < 14 / 268 < hi < 0.087
 
 
 def test_credentials_never_reach_the_archive(make_repo, tmp_path: Path) -> None:

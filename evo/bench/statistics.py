@@ -264,6 +264,10 @@ def run(quick: bool, out: Path, seed: int = 0, sizes: dict[str, Any] | None = No
     for rule, s in res["rules"].items():
         log(f"  {rule:10} true gain {fmt(s['gain']['mean'])} ± {fmt(s['gain']['se'])}  no-gain commits {fmt(s['no_gain_commits']['mean'])}"
             f"  runs/candidate {fmt(s['runs_per_candidate']['mean'])}  reported/true {fmt(s['reported_over_true'])}")
+        fa = s["false_acceptance"]
+        if fa["tests"]:
+            log(f"  {'':10} no-gain lines' tests accepted {fa['accepted']} of {fa['tests']}"
+                f" (95% interval {fmt(100 * fa['ci95'][0])}-{fmt(100 * fa['ci95'][1])}%)")
     return res
 
 
@@ -285,11 +289,29 @@ def summarise(rs: list[dict[str, Any]]) -> dict[str, Any]:
         "candidates": stat("candidates"), "futility_saved_share": stat("futility_saved_share"),
         "reported_over_true": reported_total / true_total if true_total else math.nan,
         "screened_over_true": screened_total / true_total if true_total else math.nan,
-        "false_acceptance": {"accepted": accepts, "tests": tests, "rate": accepts / tests if tests else math.nan},
+        "false_acceptance": {"accepted": accepts, "tests": tests, "rate": accepts / tests if tests else math.nan,
+                             "ci95": clopper_pearson(accepts, tests),
+                             # by the world's run noise: worlds of one bench share their draws, so a split that
+                             # looks telling in one set of worlds must be checked on another (seed=...)
+                             "by_run_sd": {str(k): [sum(r["null_accepts"] for r in rs if r["world"]["run_sd"] == k),
+                                                    sum(r["null_tests"] for r in rs if r["world"]["run_sd"] == k)]
+                                           for k in sorted({r["world"]["run_sd"] for r in rs})}},
         "futility_stop_rate_delta_better": {k: {"stopped": v[0], "runs": v[1], "rate": v[0] / v[1] if v[1] else math.nan,
                                                 "stopped_would_beat_parent": v[2], "rate_would_beat_parent": v[2] / v[1] if v[1] else math.nan}
                                             for k, v in stops.items()},
     }
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> list[float]:
+    """The exact binomial interval of k successes in n (the false acceptance rate's Monte-Carlo error)."""
+    if n == 0:
+        return [math.nan, math.nan]
+    from scipy.stats import beta
+
+    a = (1.0 - level) / 2.0
+    lo = float(beta.ppf(a, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(beta.ppf(1.0 - a, k + 1, n - k)) if k < n else 1.0
+    return [lo, hi]
 
 
 def table(res: dict[str, Any]) -> list[tuple[str, str]]:
