@@ -96,7 +96,7 @@ PRUNERS = ("sprt", "median", "wilcoxon")
 @dataclass(frozen=True)
 class SprtConfig:
     enabled: bool = True
-    replicates: int = 6  # baseline runs on distinct seeds that measure the noise (pooled with every later replicate)
+    replicates: int = 12  # baseline runs on distinct seeds that measure the noise; 12 chosen by the statistics bench (docs/statistics.md)
     alpha: float = 0.05  # chance of promoting a no-gain candidate
     beta: float = 0.1  # chance of missing a gain of delta
     delta: float = 0.0  # wanted gain in metric units; 0 = 1.25 seed sigmas of the baseline

@@ -167,7 +167,7 @@ def test_prepare_cli_tinyshakespeare_from_mirror_with_wrong_checksum(tmp_path):
 
 def test_the_main_job_end_to_end_with_a_tiny_budget(tmp_path):
     """README's first command on the shipped configs/default.toml (the real model/, setup included),
-    cut to nine runs: in a copy of model/ so this repository gets no refs."""
+    cut to fifteen runs: in a copy of model/ so this repository gets no refs."""
     repo = tmp_path / "repo"
     shutil.copytree(MODEL, repo / "model", ignore=shutil.ignore_patterns("__pycache__"))
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -180,9 +180,9 @@ def test_the_main_job_end_to_end_with_a_tiny_budget(tmp_path):
     cfg.write_text(config)
     env = {**os.environ, "PYTHONPATH": str(MODEL.parent), "EVO_RESULTS": str(tmp_path / "results"), "EVO_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "evo", "search", "--config", str(cfg), "--population", "8", "--generations", "40",
-                        "--max-runs", "9"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                        "--max-runs", "15"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "study default: population, 327 children planned, budget max_runs 9" in r.stdout
-    assert re.search(r"^noise model: sigma [\d.e-]+ over 6 seeds; delta [\d.e-]+; futility over \d+ checkpoints", r.stdout, re.M), r.stdout
-    assert re.search(r"^done: .* 9 runs, .*; stopped by max_runs = 9$", r.stdout, re.M), r.stdout
-    assert len(re.findall(r"val_bpb \d\.\d+", r.stdout)) >= 7  # the baseline's six seeds and at least one child
+    assert "study default: population, 327 children planned, budget max_runs 15" in r.stdout
+    assert re.search(r"^noise model: sigma [\d.e-]+ over 12 seeds; delta [\d.e-]+; futility over \d+ checkpoints", r.stdout, re.M), r.stdout
+    assert re.search(r"^done: .* 15 runs, .*; stopped by max_runs = 15$", r.stdout, re.M), r.stdout
+    assert len(re.findall(r"val_bpb \d\.\d+", r.stdout)) >= 13  # the baseline's twelve seeds and at least one child

@@ -128,7 +128,7 @@ def test_the_reported_gain_of_accepted_candidates_is_not_inflated_by_the_tests_s
 
 
 def test_a_candidate_no_better_than_its_parent_is_not_tested() -> None:
-    judge = Judge(SprtConfig(), Direction.MINIMIZE, seed=0)
+    judge = Judge(SprtConfig(replicates=6), Direction.MINIMIZE, seed=0)
     base = Individual(index=0, commit="b", tree="b")
     for s, v in zip(judge.replicate_seeds, (10.0, 10.5, 9.5, 10.2, 9.8, 10.1)):
         add(base, s, v)
